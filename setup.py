@@ -1,0 +1,90 @@
+"""Installs `ntga_tfds`: NTGA data poisoning as TensorFlow Datasets.
+
+The repository keeps the design card's top level (`ntga_tfds/`, `transforms/`,
+`builders/`), but nothing is installed as a bare top-level `transforms` or
+`builders` module: both are mapped under the `ntga_tfds` namespace, as
+`ntga_tfds.transforms` and `ntga_tfds.builders`.
+"""
+
+import pathlib
+
+import setuptools
+
+_ROOT = pathlib.Path(__file__).parent
+
+# Each pin says why it is pinned. The set below was measured to install and
+# import together on Python 3.11 (see README "Pinned stack").
+INSTALL_REQUIRES = [
+    # neural-tangents 0.6.5 (the latest) imports only with jax <= 0.5.3:
+    # jax 0.6 removed `jax.core.Jaxpr` (and later `jax.util`) that it uses.
+    "jax==0.5.3",
+    "jaxlib==0.5.3",
+    # The NTK surrogates (stax) and the reference predictor we test against.
+    "neural-tangents==0.6.5",
+    # neural-tangents imports tf2jax; releases after 0.3.7 need a newer jax.
+    "tf2jax==0.3.7",
+    # The version measured with the rest of this stack.
+    "tensorflow==2.21.*",
+    # Measured with tensorflow 2.21; builder APIs (GeneratorBasedBuilder,
+    # BuilderConfig, DatasetBuilderTestCase) as used here.
+    "tensorflow-datasets==4.9.10",
+    # tensorflow-datasets 4.9.10 imports importlib_resources without
+    # declaring it as a dependency.
+    "importlib_resources>=6",
+    # Victims are Keras 3 models (tf.keras 2 is not supported).
+    "keras>=3.10,<4",
+    # Flags for the command-line tools.
+    "absl-py>=2",
+    # The embedded offline default dataset (8x8 digits ships with it).
+    "scikit-learn>=1.3",
+    # Learning curves and example grids written by the evaluation CLI.
+    "matplotlib>=3.7",
+    # Progress bars (already a tensorflow-datasets dependency).
+    "tqdm>=4.60",
+    "numpy>=1.26",
+]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest>=8", "pytest-xdist>=3"],
+}
+
+
+def _builder_packages():
+  """`builders/<name>/` folders become `ntga_tfds.builders.<name>`."""
+  return [
+      "ntga_tfds.builders." + p.name
+      for p in sorted((_ROOT / "builders").iterdir())
+      if p.is_dir() and (p / "__init__.py").exists()
+  ]
+
+
+setuptools.setup(
+    name="ntga-tfds",
+    version="0.1.0",
+    description=(
+        "Neural Tangent Generalization Attack (NTGA) poisoned datasets as "
+        "TensorFlow Datasets builders, with Keras victims."
+    ),
+    long_description=(_ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=["ntga_tfds", "ntga_tfds.transforms", "ntga_tfds.builders"]
+    + _builder_packages(),
+    package_dir={
+        "ntga_tfds": "ntga_tfds",
+        "ntga_tfds.transforms": "transforms",
+        "ntga_tfds.builders": "builders",
+    },
+    package_data={
+        "ntga_tfds.builders": [
+            "*/README.md",
+            "*/CITATIONS.bib",
+            "*/TAGS.txt",
+            "*/checksums.tsv",
+            "*/dummy_data/**/*",
+        ],
+    },
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    license="Apache-2.0",
+)
