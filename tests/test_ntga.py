@@ -1,0 +1,200 @@
+"""NTGA attack: PGD, budget after quantisation, blocks, determinism, checks."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from ntga_tfds.transforms import ntga
+from ntga_tfds.transforms import pgd
+
+KEY = jax.random.PRNGKey(0)
+FAST = ntga.NTGAConfig(eps=16 / 255, t=64.0, nb_iter=4, block_size=48)
+
+
+@pytest.fixture(scope="module")
+def small(digits):
+  x, y = digits
+  return x[:60], y[:60], x[1000:1200], y[1000:1200]
+
+
+def _levels_moved(x_poison, x_clean_u8):
+  return np.abs(x_poison.astype(np.int32) - x_clean_u8.astype(np.int32))
+
+
+def test_pgd_iterations_accumulate(small):
+  x, y, xv, yv = small
+  x, y = x[:40], y[:40]
+  losses = []
+  pgd_out = ntga.poison_block(x, y, x_val=xv, y_val=yv, key=KEY,
+                              config=FAST.replace(nb_iter=6),
+                              on_step=lambda i, l: losses.append(l))
+  one_step = ntga.poison_block(x, y, x_val=xv, y_val=yv, key=KEY,
+                               config=FAST.replace(optimizer="as_published"))
+  assert len(losses) == 6
+  assert not np.array_equal(pgd_out, one_step)
+  # Loss measured before each step rises across steps...
+  assert losses[-1] > losses[0]
+  # ...and the poisoned block's loss is above the clean one's.
+  clean = ntga.surrogate_loss(x, y, x_val=xv, y_val=yv, config=FAST)
+  poisoned = ntga.surrogate_loss(pgd_out, y, x_val=xv, y_val=yv, config=FAST)
+  assert clean == pytest.approx(losses[0], rel=1e-4)
+  assert poisoned > clean + 1e-3
+
+
+def test_as_published_is_one_full_eps_signed_step(small):
+  x, y, xv, yv = small
+  steps = []
+  out = ntga.poison_block(x[:30], y[:30], x_val=xv, y_val=yv, key=KEY,
+                          config=FAST.replace(optimizer="as_published"),
+                          on_step=lambda i, l: steps.append(i))
+  assert steps == [0]
+  k = pgd.levels(FAST.eps)
+  moved = out.astype(int) - x[:30].astype(int)
+  # Every moved pixel moved by the full eps unless [0, 255] clipped it.
+  free = (moved != 0) & (out > 0) & (out < 255)
+  assert free.any()
+  assert np.all(np.abs(moved[free]) == k)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("eps", [1 / 255, 8 / 255, 0.1, 0.3])
+def test_linf_budget_after_quantisation(seed, eps):
+  rng = np.random.default_rng(seed)
+  shape = (20, 4, 4, 1)
+  if seed % 2:   # off-grid floats in [0, 1]
+    x = rng.uniform(size=shape).astype(np.float32)
+  else:          # uint8 images, including saturated pixels
+    x = rng.choice([0, 1, 128, 254, 255], size=shape).astype(np.uint8)
+  xv = rng.uniform(size=(30, 4, 4, 1)).astype(np.float32)
+  y, yv = rng.integers(0, 3, 20), rng.integers(0, 3, 30)
+  config = ntga.NTGAConfig(eps=eps, t=16.0, nb_iter=3, rand_init=True,
+                           block_size=16)
+  out = ntga.poison(x, y, x_val=xv, y_val=yv, key=jax.random.PRNGKey(seed),
+                    config=config, num_classes=3)
+  assert out.dtype == np.uint8 and out.shape == shape
+  _, clean_u8 = pgd.snap(x if x.dtype != np.uint8 else x / 255.0)
+  moved = _levels_moved(out, clean_u8)
+  k = math.floor(eps * 255 + 1e-6)
+  assert moved.max() <= k
+  assert moved.max() == k   # eps = k/255 allows exactly k levels, no slip
+  assert np.all(moved / 255.0 <= eps + 1e-12)
+
+
+def test_reference_rounding_bug_not_reproduced():
+  # The reference code rounds eps 0.3 up to 77/255 > 0.3; we allow 76.
+  assert pgd.levels(0.3) == 76 and 76 / 255 <= 0.3 < 77 / 255
+  assert pgd.levels(8 / 255) == 8
+  assert all(pgd.levels(k / 255) == k for k in range(1, 255))
+
+
+def test_l2_budget_after_quantisation(small):
+  x, y, xv, yv = small
+  eps = 0.5
+  out = ntga.poison_block(x[:20], y[:20], x_val=xv, y_val=yv, key=KEY,
+                          config=FAST.replace(norm="l2", eps=eps,
+                                              rand_init=True))
+  delta = (out.astype(np.float64) - x[:20]) / 255.0
+  norms = np.sqrt(np.sum(delta.reshape(20, -1) ** 2, axis=1))
+  assert np.all(norms <= eps + 1e-9)
+  assert norms.max() > 0.5 * eps
+
+
+def test_partial_last_block_is_poisoned(small):
+  x, y, xv, yv = small
+  n = 50   # blocks of 16: 16, 16, 16, 2
+  config = FAST.replace(block_size=16, nb_iter=2)
+  blocks = []
+  out = ntga.poison(x[:n], y[:n], x_val=xv, y_val=yv, key=KEY, config=config,
+                    on_block=lambda b, total: blocks.append((b, total)))
+  assert blocks == [(0, 4), (1, 4), (2, 4), (3, 4)]
+  moved = _levels_moved(out, x[:n]).reshape(n, -1)
+  assert np.all(moved.max(axis=1) > 0), "every example must be perturbed"
+  # Block b is reproducible alone with fold_in(key, b).
+  last = ntga.poison_block(x[48:n], y[48:n], x_val=xv, y_val=yv,
+                           key=jax.random.fold_in(KEY, 3), config=config,
+                           num_classes=10)
+  np.testing.assert_array_equal(out[48:n], last)
+
+
+def test_deterministic(small):
+  x, y, xv, yv = small
+  config = FAST.replace(rand_init=True, nb_iter=2)
+  a = ntga.poison(x, y, x_val=xv, y_val=yv, key=KEY, config=config)
+  b = ntga.poison(x, y, x_val=xv, y_val=yv, key=KEY, config=config)
+  c = ntga.poison(x, y, x_val=xv, y_val=yv, key=jax.random.PRNGKey(1),
+                  config=config)
+  assert a.tobytes() == b.tobytes()
+  assert a.tobytes() != c.tobytes()
+
+
+def test_validation_chunking_does_not_change_result(small):
+  x, y, xv, yv = small
+  a = ntga.poison_block(x[:20], y[:20], x_val=xv[:90], y_val=yv[:90],
+                        key=KEY, config=FAST.replace(val_chunk_size=90))
+  b = ntga.poison_block(x[:20], y[:20], x_val=xv[:90], y_val=yv[:90],
+                        key=KEY, config=FAST.replace(val_chunk_size=40))
+  # Chunk sums are reordered float additions: allow rare 1-level flips.
+  assert np.mean(a != b) < 0.01
+
+
+def test_cnn_surrogate_poisons(small):
+  x, y, xv, yv = small
+  config = FAST.replace(surrogate="cnn", nb_iter=2)
+  out = ntga.poison_block(x[:16], y[:16], x_val=xv[:40], y_val=yv[:40],
+                          key=KEY, config=config)
+  assert _levels_moved(out, x[:16]).max() == pgd.levels(config.eps)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(eps=0.0), "eps"), (dict(eps=-0.1), "eps"), (dict(eps=1.0), "eps"),
+    (dict(t=0.0), "t"), (dict(t=-1.0), "t"), (dict(t=float("nan")), "t"),
+    (dict(block_size=0), "block_size"), (dict(nb_iter=0), "nb_iter"),
+    (dict(surrogate="resnet"), "surrogate"), (dict(loss="hinge"), "loss"),
+    (dict(norm="l1"), "norm"), (dict(optimizer="adam"), "optimizer"),
+    (dict(eps_iter=-1.0), "eps_iter"),
+])
+def test_bad_config_raises(kwargs, name):
+  with pytest.raises(ValueError, match=name):
+    ntga.NTGAConfig(**kwargs)
+
+
+def test_infinite_time_allowed():
+  assert ntga.NTGAConfig(t=math.inf).t == math.inf
+
+
+@pytest.mark.parametrize("mutate, name", [
+    (lambda d: d.update(y_train=d["y_train"][:-1]), "y_train"),
+    (lambda d: d.update(y_val=d["y_val"][:-2]), "y_val"),
+    (lambda d: d.update(y_train=d["y_train"] + 10), "y_train"),
+    (lambda d: d.update(y_train=d["y_train"] - 11), "y_train"),
+    (lambda d: d.update(x_train=d["x_train"] * 2.0), "x_train"),
+    (lambda d: d.update(x_train=d["x_train"] - 0.5), "x_train"),
+    (lambda d: d.update(x_val=np.full_like(d["x_val"], np.nan)), "x_val"),
+    (lambda d: d.update(x_train=d["x_train"][:0], y_train=d["y_train"][:0]),
+     "x_train"),
+    (lambda d: d.update(x_val=d["x_val"][:, :4]), "x_val"),
+    (lambda d: d.update(key=3), "key"),
+    (lambda d: d.update(config="fnn"), "config"),
+])
+def test_bad_inputs_raise(small, mutate, name):
+  x, y, xv, yv = small
+  args = dict(x_train=x[:10] / 255.0, y_train=y[:10], x_val=xv / 255.0,
+              y_val=yv, key=KEY, config=FAST, num_classes=10)
+  mutate(args)
+  with pytest.raises(ValueError, match=name):
+    ntga.poison(args.pop("x_train"), args.pop("y_train"), **args)
+
+
+def test_digits_surrogate_accuracy_falls(digits):
+  """On real digits, the surrogate trained on poison does worse on test."""
+  x, y = digits
+  x_tr, y_tr, x_te, y_te = x[:1000], y[:1000], x[1400:], y[1400:]
+  config = ntga.NTGAConfig(eps=32 / 255, t=64.0, nb_iter=5, block_size=500)
+  x_p = ntga.poison(x_tr[:500], y_tr[:500], x_val=x_tr[500:],
+                    y_val=y_tr[500:], key=KEY, config=config)
+  clean = ntga.accuracy(x_tr[:500], y_tr[:500], x_te, y_te, config=config)
+  poisoned = ntga.accuracy(x_p, y_tr[:500], x_te, y_te, config=config)
+  assert clean > 0.8
+  assert poisoned < clean - 0.05, (clean, poisoned)

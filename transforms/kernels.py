@@ -1,0 +1,114 @@
+"""Neural-tangent surrogates: the attacker's infinite-width networks.
+
+The attacker of NTGA does not train a network. It uses the Gaussian process
+given by the neural tangent kernel (NTK) of an infinitely wide network, built
+here with `neural_tangents.stax`, as in the paper:
+
+* `fnn`: `depth` x [Dense, Erf] (default 5), W_std^2 = 1.76, b_std^2 = 0.18.
+* `cnn`: `depth` x [Conv(5x5, stride, SAME), ReLU] (default 2, stride 2),
+  Flatten, Dense 384, Dense 192, Dense num_classes. For large images
+  (either side >= 128 pixels, e.g. ImageNet's 224x224) the default stride is
+  3, as the paper's ImageNet surrogate.
+
+Widths only matter for finite networks; the kernel is that of the infinite
+width limit.
+
+Example:
+
+  >>> kernel_fn = kernels.kernel_fn("fnn", image_shape=(8, 8, 1),
+  ...                               num_classes=10)
+  >>> k_test_train = kernel_fn(x_test, x_train)   # (n_test, n_train)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence
+
+import jax.numpy as jnp
+from neural_tangents import stax
+
+from ntga_tfds.transforms import _checks
+
+SURROGATES = ("fnn", "cnn")
+W_STD = math.sqrt(1.76)
+B_STD = math.sqrt(0.18)
+LARGE_IMAGE_SIDE = 128
+
+KernelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
+
+
+def fnn(*, depth: int = 5, width: int = 512, W_std: float = W_STD,
+        b_std: float = B_STD):
+  """`depth` x [Dense(width), Erf]: the stax triple (init, apply, kernel)."""
+  depth = _checks.positive_int(depth, "depth")
+  layers = []
+  for _ in range(depth):
+    layers += [stax.Dense(width, W_std=W_std, b_std=b_std), stax.Erf()]
+  return stax.serial(*layers)
+
+
+def cnn(*, num_classes: int, depth: int = 2, channels: int = 64,
+        filter_shape: Sequence[int] = (5, 5), strides: int = 2,
+        hidden: Sequence[int] = (384, 192), W_std: float = W_STD,
+        b_std: float = B_STD):
+  """`depth` x [Conv, ReLU], Flatten, Dense hidden..., Dense num_classes."""
+  depth = _checks.positive_int(depth, "depth")
+  strides = _checks.positive_int(strides, "strides")
+  layers = []
+  for _ in range(depth):
+    layers += [
+        stax.Conv(channels, tuple(filter_shape), strides=(strides, strides),
+                  padding="SAME", W_std=W_std, b_std=b_std),
+        stax.Relu(),
+    ]
+  layers.append(stax.Flatten())
+  for units in hidden:
+    layers.append(stax.Dense(units, W_std=W_std, b_std=b_std))
+  layers.append(stax.Dense(num_classes, W_std=W_std, b_std=b_std))
+  return stax.serial(*layers)
+
+
+def kernel_fn(surrogate: str, *, image_shape: Sequence[int], num_classes: int,
+              depth: Optional[int] = None, width: Optional[int] = None,
+              strides: Optional[int] = None) -> KernelFn:
+  """The NTK of a surrogate, as `k(x1, x2) -> (n1, n2)` on image batches.
+
+  Args:
+    surrogate: "fnn" or "cnn".
+    image_shape: `(H, W, C)` or `(H, W)` of one image; FNN flattens it.
+    num_classes: width of the CNN's readout layer.
+    depth, width, strides: override the paper's defaults (see module doc);
+      `strides` applies to the CNN only, `width` to the FNN only.
+
+  Returns:
+    A pure function `(x1 (n1, *image_shape), x2 (n2, *image_shape)) ->
+    ntk (n1, n2)`, differentiable in both inputs.
+  """
+  _checks.choice(surrogate, "surrogate", SURROGATES)
+  image_shape = tuple(int(s) for s in image_shape)
+  if surrogate == "fnn":
+    _, _, stax_kernel = fnn(
+        depth=5 if depth is None else depth,
+        width=512 if width is None else width)
+
+    def k(x1, x2):
+      return stax_kernel(x1.reshape(x1.shape[0], -1),
+                         x2.reshape(x2.shape[0], -1), "ntk")
+    return k
+
+  if len(image_shape) not in (2, 3):
+    raise ValueError(
+        f"The cnn surrogate needs images of shape (H, W[, C]), got "
+        f"{image_shape}.")
+  if strides is None:
+    strides = 3 if max(image_shape[:2]) >= LARGE_IMAGE_SIDE else 2
+  _, _, stax_kernel = cnn(
+      num_classes=num_classes, depth=2 if depth is None else depth,
+      strides=strides)
+
+  def k(x1, x2):
+    if x1.ndim == 3:
+      x1, x2 = x1[..., None], x2[..., None]
+    return stax_kernel(x1, x2, "ntk")
+  return k

@@ -1,0 +1,385 @@
+"""Neural Tangent Generalization Attack (NTGA; Yuan & Wu, ICML 2021).
+
+Clean-label, black-box, L-inf (or L2) bounded data poisoning. The attacker's
+surrogate is the NTK Gaussian process of an infinitely wide network
+(`kernels`); its mean prediction on a validation set after training time `t`
+on the (poisoned) training block has a closed form (`predict`), so the
+attacker runs projected gradient ascent (`pgd`) on the training inputs to
+maximise the validation loss. Large training sets are attacked block by block
+(B-NTGA): each block of `block_size` examples against the validation set.
+
+Per PGD step and block, `k_train_train` and its decomposition are computed
+once, the validation set is streamed through in chunks of `val_chunk_size`
+(so memory does not grow with it), and the whole step -- kernel, loss,
+gradient, update, projection -- is one compiled program, compiled once per
+block shape.
+
+Example:
+
+  >>> config = ntga.NTGAConfig(eps=8 / 255, t=64.)
+  >>> x_poison = ntga.poison(x_train, y_train, x_val=x_val, y_val=y_val,
+  ...                        key=jax.random.PRNGKey(0), config=config)
+  >>> x_poison.dtype, x_poison.shape == x_train.shape
+  (dtype('uint8'), True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Callable, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntga_tfds.transforms import _checks
+from ntga_tfds.transforms import kernels
+from ntga_tfds.transforms import losses
+from ntga_tfds.transforms import pgd
+from ntga_tfds.transforms import predict as predict_lib
+
+# Entries (validation x block x spatial positions) per chunk, bounding the
+# memory of one chunk's kernel and its backward pass.
+_CHUNK_BUDGET = {"fnn": 1 << 22, "cnn": 1 << 23}
+
+
+@dataclasses.dataclass(frozen=True)
+class NTGAConfig:
+  """Everything that defines an NTGA run, except the data and the key.
+
+  Attributes:
+    eps: perturbation budget in pixel units, in (0, 1); `k / 255` allows
+      exactly k levels per pixel (L-inf).
+    t: surrogate training time, > 0; `math.inf` for the converged GP.
+    surrogate: "fnn" or "cnn" (see `kernels`).
+    loss: validation loss to maximise, "cross_entropy" or "mse".
+    norm: "linf" or "l2".
+    optimizer: "pgd" (true PGD) or "as_published" (one signed step of the
+      full eps from the clean block, what the reference code computes).
+    nb_iter: PGD iterations.
+    eps_iter: PGD step size; default `2.5 * eps / nb_iter`.
+    rand_init: start PGD from a random point of the eps ball.
+    block_size: examples attacked together (B-NTGA).
+    diag_reg: diagonal regulariser of `k_train_train`, relative to its mean
+      trace (as `nt.predict.gradient_descent_mse(diag_reg=...)`).
+    val_chunk_size: validation examples per chunk; default from a memory
+      budget.
+    depth, width, strides: surrogate overrides (default: the paper's).
+  """
+  eps: float = 8 / 255
+  t: float = 64.0
+  surrogate: str = "fnn"
+  loss: str = "cross_entropy"
+  norm: str = "linf"
+  optimizer: str = "pgd"
+  nb_iter: int = 10
+  eps_iter: Optional[float] = None
+  rand_init: bool = False
+  block_size: int = 512
+  diag_reg: float = 1e-4
+  val_chunk_size: Optional[int] = None
+  depth: Optional[int] = None
+  width: Optional[int] = None
+  strides: Optional[int] = None
+
+  def __post_init__(self):
+    set_ = functools.partial(object.__setattr__, self)
+    set_("eps", _checks.eps(self.eps))
+    set_("t", _checks.time(self.t))
+    _checks.choice(self.surrogate, "surrogate", kernels.SURROGATES)
+    _checks.choice(self.loss, "loss", losses.LOSSES)
+    _checks.choice(self.norm, "norm", pgd.NORMS)
+    _checks.choice(self.optimizer, "optimizer", pgd.OPTIMIZERS)
+    _checks.positive_int(self.nb_iter, "nb_iter")
+    _checks.positive_int(self.block_size, "block_size")
+    if self.eps_iter is not None and not (
+        isinstance(self.eps_iter, (int, float)) and self.eps_iter > 0):
+      raise ValueError(f"eps_iter must be > 0, got {self.eps_iter!r}.")
+    if not (isinstance(self.diag_reg, (int, float)) and self.diag_reg >= 0):
+      raise ValueError(f"diag_reg must be >= 0, got {self.diag_reg!r}.")
+    if self.val_chunk_size is not None:
+      _checks.positive_int(self.val_chunk_size, "val_chunk_size")
+    for name in ("depth", "width", "strides"):
+      if getattr(self, name) is not None:
+        _checks.positive_int(getattr(self, name), name)
+
+  @property
+  def step_size(self) -> float:
+    if self.eps_iter is not None:
+      return float(self.eps_iter)
+    return 2.5 * self.eps / self.nb_iter
+
+  def replace(self, **changes) -> "NTGAConfig":
+    return dataclasses.replace(self, **changes)
+
+
+class _Programs(NamedTuple):
+  step: Callable      # (x, x_clean, y1h, xv, yv, wv, step, eps) -> (x, loss)
+  loss: Callable      # (x, y1h, xv, yv, wv) -> loss
+  weights: Callable   # (x_train, y1h) -> alpha
+  apply: Callable     # (x_test, x_train, alpha) -> fx_test
+
+
+def _math_key(config: NTGAConfig) -> NTGAConfig:
+  """The fields that change compiled programs (not eps, steps or sizes)."""
+  return NTGAConfig(surrogate=config.surrogate, loss=config.loss,
+                    norm=config.norm, t=config.t, diag_reg=config.diag_reg,
+                    depth=config.depth, width=config.width,
+                    strides=config.strides)
+
+
+@functools.lru_cache(maxsize=16)
+def _programs(key: NTGAConfig, num_classes: int,
+              image_shape: Tuple[int, ...]) -> _Programs:
+  kernel = kernels.kernel_fn(
+      key.surrogate, image_shape=image_shape, num_classes=num_classes,
+      depth=key.depth, width=key.width, strides=key.strides)
+  loss_fn = losses.get(key.loss)
+
+  def weights(x, y1h):
+    return predict_lib.mean_weights(kernel(x, x), y1h, t=key.t,
+                                    diag_reg=key.diag_reg)
+
+  def chunk_loss(x, alpha, xc, yc, wc):
+    return loss_fn(kernel(xc, x) @ alpha, yc, wc)
+
+  def loss_and_grad(x, y1h, xv, yv, wv):
+    alpha, weights_vjp = jax.vjp(lambda x: weights(x, y1h), x)
+    chunk_vg = jax.value_and_grad(chunk_loss, argnums=(0, 1))
+
+    def body(carry, chunk):
+      gx, galpha, total = carry
+      value, (dx, dalpha) = chunk_vg(x, alpha, *chunk)
+      return (gx + dx, galpha + dalpha, total + value), None
+
+    init = (jnp.zeros_like(x), jnp.zeros_like(alpha), jnp.zeros((), x.dtype))
+    (gx, galpha, total), _ = jax.lax.scan(body, init, (xv, yv, wv))
+    gx = gx + weights_vjp(galpha)[0]
+    n_val = jnp.sum(wv)
+    return total / n_val, gx / n_val
+
+  @jax.jit
+  def step(x, x_clean, y1h, xv, yv, wv, step_size, eps):
+    value, grad = loss_and_grad(x, y1h, xv, yv, wv)
+    x_next = pgd.ascent_step(x, grad, x_clean, step_size=step_size, eps=eps,
+                             norm=key.norm)
+    return x_next, value
+
+  @jax.jit
+  def loss(x, y1h, xv, yv, wv):
+    alpha = weights(x, y1h)
+    per_chunk = jax.lax.map(lambda c: chunk_loss(x, alpha, *c), (xv, yv, wv))
+    return jnp.sum(per_chunk) / jnp.sum(wv)
+
+  @jax.jit
+  def apply(x_test, x_train, alpha):
+    return kernel(x_test, x_train) @ alpha
+
+  return _Programs(step, loss, jax.jit(weights), apply)
+
+
+def _chunk_size(config: NTGAConfig, n_train: int, image_shape) -> int:
+  if config.val_chunk_size is not None:
+    return config.val_chunk_size
+  positions = 1
+  if config.surrogate == "cnn":
+    strides = config.strides or (
+        3 if max(image_shape[:2]) >= kernels.LARGE_IMAGE_SIDE else 2)
+    positions = math.ceil(image_shape[0] / strides) * math.ceil(
+        image_shape[1] / strides)
+  return max(1, _CHUNK_BUDGET[config.surrogate] // (n_train * positions))
+
+
+class _Validation(NamedTuple):
+  x: jnp.ndarray   # (chunks, m, *image_shape)
+  y: jnp.ndarray   # (chunks, m)
+  w: jnp.ndarray   # (chunks, m): 1 for real examples, 0 for padding
+
+
+def _chunk_validation(x_val, y_val, chunk: int) -> _Validation:
+  """Splits into equal chunks, padding by wrapping around with weight 0."""
+  n = x_val.shape[0]
+  chunk = min(chunk, n)
+  num_chunks = -(-n // chunk)
+  idx = np.arange(num_chunks * chunk) % n
+  w = (np.arange(num_chunks * chunk) < n).astype(np.float32)
+  shape = (num_chunks, chunk)
+  return _Validation(jnp.asarray(x_val[idx].reshape(shape + x_val.shape[1:])),
+                     jnp.asarray(y_val[idx].reshape(shape)),
+                     jnp.asarray(w.reshape(shape)))
+
+
+class _Checked(NamedTuple):
+  x: np.ndarray
+  y: np.ndarray
+  x_val: np.ndarray
+  y_val: np.ndarray
+  num_classes: int
+
+
+def _check_inputs(x_train, y_train, x_val, y_val, num_classes,
+                  config) -> _Checked:
+  if not isinstance(config, NTGAConfig):
+    raise ValueError(
+        f"config must be an NTGAConfig, got {type(config).__name__}.")
+  x = _checks.images("x_train", x_train)
+  xv = _checks.images("x_val", x_val)
+  _checks.same_trailing_shape("x_val", xv, "x_train", x)
+  num_classes = _checks.num_classes(num_classes, y_train, y_val)
+  y = _checks.labels("y_train", y_train, num_examples=x.shape[0],
+                     images_name="x_train", num_classes=num_classes)
+  yv = _checks.labels("y_val", y_val, num_examples=xv.shape[0],
+                      images_name="x_val", num_classes=num_classes)
+  return _Checked(x, y, xv, yv, num_classes)
+
+
+def _attack(x_float, y, val: _Validation, *, key, config: NTGAConfig,
+            num_classes: int, on_step) -> np.ndarray:
+  x_clean, x_u8 = pgd.snap(x_float)
+  programs = _programs(_math_key(config), num_classes, x_float.shape[1:])
+  y1h = jax.nn.one_hot(y, num_classes, dtype=jnp.float32)
+
+  def step_fn(x, x0, step_size, eps):
+    return programs.step(x, x0, y1h, val.x, val.y, val.w, step_size, eps)
+
+  x_adv = pgd.ascend(step_fn, x_clean, key=key, eps=config.eps,
+                     step_size=config.step_size, nb_iter=config.nb_iter,
+                     norm=config.norm, optimizer=config.optimizer,
+                     rand_init=config.rand_init, on_step=on_step)
+  return pgd.quantize(x_adv, x_u8, eps=config.eps, norm=config.norm)
+
+
+def _check_key(key):
+  try:
+    jax.random.fold_in(key, 0)
+  except Exception as e:  # noqa: BLE001 - re-raised with the argument name.
+    raise ValueError(
+        f"key must be a JAX PRNG key (jax.random.PRNGKey(seed)), got "
+        f"{key!r}.") from e
+
+
+def poison_block(x_block, y_block, *, x_val, y_val, key,
+                 config: NTGAConfig, num_classes: Optional[int] = None,
+                 on_step: Optional[Callable[[int, float], None]] = None
+                 ) -> np.ndarray:
+  """Poisons one block against a validation set (one B-NTGA block).
+
+  Args:
+    x_block: `(b, *image_shape)` uint8, or float in [0, 1].
+    y_block: `(b,)` integer labels.
+    x_val: `(m, *image_shape)` the attacker's validation images.
+    y_val: `(m,)` their labels.
+    key: PRNG key (used by the random start).
+    config: the attack's settings; `config.block_size` is not used here.
+    num_classes: default 1 + the largest label.
+    on_step: called as `on_step(step, surrogate_loss)` after each step.
+
+  Returns:
+    `(b, *image_shape)` uint8 poisoned images, each pixel within `eps` of
+    the clean one (see `pgd.quantize`).
+  """
+  c = _check_inputs(x_block, y_block, x_val, y_val, num_classes, config)
+  _check_key(key)
+  chunk = _chunk_size(config, c.x.shape[0], c.x.shape[1:])
+  val = _chunk_validation(pgd.snap(c.x_val)[0], c.y_val, chunk)
+  return _attack(c.x, c.y, val, key=key, config=config,
+                 num_classes=c.num_classes, on_step=on_step)
+
+
+def poison(x_train, y_train, *, x_val, y_val, key, config: NTGAConfig,
+           num_classes: Optional[int] = None,
+           on_block: Optional[Callable[[int, int], None]] = None,
+           on_step: Optional[Callable[[int, float], None]] = None
+           ) -> np.ndarray:
+  """Poisons a whole training set, block by block (B-NTGA).
+
+  Blocks are consecutive runs of `config.block_size` examples; the last,
+  partial block is poisoned too. Block `b` uses the key
+  `jax.random.fold_in(key, b)`, so any block can be recomputed alone with
+  `poison_block`.
+
+  Args:
+    x_train: `(n, *image_shape)` uint8, or float in [0, 1].
+    y_train: `(n,)` integer labels (returned unchanged by the caller's data).
+    x_val, y_val: the attacker's validation set, shared by every block.
+    key: PRNG key.
+    config: the attack's settings.
+    num_classes: default 1 + the largest label.
+    on_block: called as `on_block(block_index, num_blocks)` before a block.
+    on_step: called as `on_step(step, surrogate_loss)` after each step.
+
+  Returns:
+    `(n, *image_shape)` uint8 poisoned images, labels unchanged.
+  """
+  c = _check_inputs(x_train, y_train, x_val, y_val, num_classes, config)
+  _check_key(key)
+  n, bs = c.x.shape[0], config.block_size
+  chunk = _chunk_size(config, min(n, bs), c.x.shape[1:])
+  val = _chunk_validation(pgd.snap(c.x_val)[0], c.y_val, chunk)
+  out = np.empty(c.x.shape, np.uint8)
+  num_blocks = -(-n // bs)
+  for b in range(num_blocks):
+    if on_block is not None:
+      on_block(b, num_blocks)
+    sl = slice(b * bs, min(n, (b + 1) * bs))
+    out[sl] = _attack(c.x[sl], c.y[sl], val, key=jax.random.fold_in(key, b),
+                      config=config, num_classes=c.num_classes,
+                      on_step=on_step)
+  return out
+
+
+def surrogate_loss(x_block, y_block, *, x_val, y_val, config: NTGAConfig,
+                   num_classes: Optional[int] = None) -> float:
+  """The validation loss the attack maximises, for training inputs `x_block`."""
+  c = _check_inputs(x_block, y_block, x_val, y_val, num_classes, config)
+  programs = _programs(_math_key(config), c.num_classes, c.x.shape[1:])
+  chunk = _chunk_size(config, c.x.shape[0], c.x.shape[1:])
+  val = _chunk_validation(c.x_val, c.y_val, chunk)
+  y1h = jax.nn.one_hot(c.y, c.num_classes, dtype=jnp.float32)
+  return float(programs.loss(jnp.asarray(c.x), y1h, val.x, val.y, val.w))
+
+
+def predict(x_train, y_train, x_test, *, config: NTGAConfig,
+            num_classes: Optional[int] = None,
+            chunk_size: Optional[int] = None) -> np.ndarray:
+  """The surrogate's mean prediction on `x_test` after training on x_train.
+
+  Args:
+    x_train: `(n, *image_shape)` training images (uint8 or float in [0, 1]).
+    y_train: `(n,)` labels.
+    x_test: `(m, *image_shape)` images to predict.
+    config: supplies the surrogate, `t` and `diag_reg`.
+    num_classes: default 1 + the largest label.
+    chunk_size: test images per kernel evaluation.
+
+  Returns:
+    `(m, num_classes)` float32 GP mean outputs; argmax gives the class.
+  """
+  x_test_f = _checks.images("x_test", x_test)
+  c = _check_inputs(x_train, y_train, x_test_f[:1], np.zeros(1, np.int32),
+                    num_classes, config)
+  programs = _programs(_math_key(config), c.num_classes, c.x.shape[1:])
+  y1h = jax.nn.one_hot(c.y, c.num_classes, dtype=jnp.float32)
+  x_tr = jnp.asarray(c.x)
+  alpha = programs.weights(x_tr, y1h)
+  chunk = chunk_size or _chunk_size(config, c.x.shape[0], c.x.shape[1:])
+  chunk = min(chunk, x_test_f.shape[0])
+  out = []
+  for start in range(0, x_test_f.shape[0], chunk):
+    xc = x_test_f[start:start + chunk]
+    pad = chunk - xc.shape[0]
+    if pad:  # one compiled shape: pad the last chunk, drop its outputs
+      xc = np.concatenate([xc, x_test_f[:pad]])
+    out.append(np.asarray(programs.apply(jnp.asarray(xc), x_tr, alpha))
+               [:chunk - pad])
+  return np.concatenate(out)
+
+
+def accuracy(x_train, y_train, x_test, y_test, *, config: NTGAConfig,
+             num_classes: Optional[int] = None) -> float:
+  """Surrogate test accuracy after training on (x_train, y_train)."""
+  fx = predict(x_train, y_train, x_test, config=config,
+               num_classes=num_classes)
+  return float(np.mean(np.argmax(fx, -1) == np.asarray(y_test)))
