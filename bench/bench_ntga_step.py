@@ -1,0 +1,120 @@
+"""Seconds per NTGA PGD step, GFLOP/s reached, peak memory, full-set estimate.
+
+Run by hand (never a timed test):
+
+  bash dev.sh bench bench_ntga_step.py --surrogate=fnn --shape=cifar10
+  bash dev.sh bench bench_ntga_step.py --surrogate=cnn --shape=mnist --val=10000
+
+Prints, for one block of `--block` images against `--val` validation images:
+the first step (compile + run) and the median of the following steps; the
+FLOPs of one compiled step as counted by XLA's cost analysis, and the GFLOP/s
+reached next to a dense float32 matmul measured in the same run; peak
+resident memory; and the time for a full dataset of `--dataset_size` images,
+extrapolated from the measured step (labelled as such: blocks x steps x
+seconds per step; the last partial block counted as a full one).
+"""
+
+import json
+import math
+import resource
+import statistics
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntga_tfds.transforms import ntga
+
+SHAPES = {"mnist": ((28, 28, 1), 60000), "cifar10": ((32, 32, 3), 50000),
+          "digits": ((8, 8, 1), 1437)}
+
+flags.DEFINE_enum("surrogate", "fnn", ["fnn", "cnn"], "Surrogate.")
+flags.DEFINE_enum("shape", "cifar10", list(SHAPES), "Image shape preset.")
+flags.DEFINE_integer("block", 512, "Block size.")
+flags.DEFINE_integer("val", 10000, "Validation images.")
+flags.DEFINE_integer("steps", 4, "PGD steps to time (first includes compile).")
+flags.DEFINE_integer("nb_iter", 10, "PGD steps per block, for the estimate.")
+flags.DEFINE_integer("dataset_size", None, "Images in the full set.")
+flags.DEFINE_integer("val_chunk_size", None, "Override the chunk size.")
+flags.DEFINE_string("json", None, "Also write the figures to this file.")
+FLAGS = flags.FLAGS
+
+
+def matmul_gflops(n=4096, repeats=5):
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  t0 = time.perf_counter()
+  for _ in range(repeats):
+    f(a).block_until_ready()
+  return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def step_flops(config, x, y, xv, yv):
+  """XLA's count of the FLOPs in one compiled step."""
+  programs = ntga._programs(ntga._math_key(config), 10, x.shape[1:])
+  chunk = ntga._chunk_size(config, x.shape[0], x.shape[1:])
+  val = ntga._chunk_validation(xv, yv, chunk)
+  y1h = jax.nn.one_hot(y, 10)
+  lowered = programs.step.lower(x, x, y1h, val.x, val.y, val.w,
+                                jnp.float32(0.01), jnp.float32(0.03))
+  cost = lowered.compile().cost_analysis()
+  if isinstance(cost, list):
+    cost = cost[0]
+  return float(cost.get("flops", float("nan"))), chunk
+
+
+def main(_):
+  shape, full = SHAPES[FLAGS.shape]
+  full = FLAGS.dataset_size or full
+  rng = np.random.default_rng(0)
+  x = rng.uniform(size=(FLAGS.block,) + shape).astype(np.float32)
+  xv = rng.uniform(size=(FLAGS.val,) + shape).astype(np.float32)
+  y = rng.integers(0, 10, FLAGS.block)
+  yv = rng.integers(0, 10, FLAGS.val)
+  config = ntga.NTGAConfig(eps=8 / 255, t=64.0, surrogate=FLAGS.surrogate,
+                           nb_iter=FLAGS.steps,
+                           val_chunk_size=FLAGS.val_chunk_size)
+  peak_gflops = matmul_gflops()
+  flops, chunk = step_flops(config, x, y, xv, yv)
+
+  times, last = [], [time.perf_counter()]
+
+  def on_step(i, loss):
+    now = time.perf_counter()
+    times.append(now - last[0])
+    last[0] = now
+
+  ntga.poison_block(x, y, x_val=xv, y_val=yv, key=jax.random.PRNGKey(0),
+                    config=config, num_classes=10, on_step=on_step)
+  step_s = statistics.median(times[1:]) if len(times) > 1 else times[0]
+  blocks = math.ceil(full / FLAGS.block)
+  result = {
+      "surrogate": FLAGS.surrogate, "shape": FLAGS.shape,
+      "block": FLAGS.block, "val": FLAGS.val, "val_chunk_size": chunk,
+      "first_step_s (compile+run)": round(times[0], 3),
+      "step_s (median)": round(step_s, 3),
+      "step_gflop (XLA count)": round(flops / 1e9, 2),
+      "gflops_reached": round(flops / 1e9 / step_s, 1),
+      "matmul_gflops_same_run": round(peak_gflops, 1),
+      "fraction_of_matmul": round(flops / 1e9 / step_s / peak_gflops, 3),
+      "kernel_entries_per_step": FLAGS.block * (FLAGS.val + FLAGS.block),
+      "us_per_kernel_entry (fwd+bwd)": round(
+          1e6 * step_s / (FLAGS.block * (FLAGS.val + FLAGS.block)), 4),
+      "peak_rss_gib": round(
+          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
+      f"full_{full}_images_{FLAGS.nb_iter}_steps_s (EXTRAPOLATED)": round(
+          blocks * FLAGS.nb_iter * step_s, 1),
+  }
+  for k, v in result.items():
+    print(f"{k:45s} {v}")
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
+      json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,98 @@
+"""BUILD mirrors the packages and tests: one py_library per package, one
+py_test per test file. Regenerate with `python tests/test_build_file.py`."""
+
+import pathlib
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+HEADER = '''\
+# Bazel targets mirroring the Python packages and tests. Generated and
+# checked by tests/test_build_file.py (run it as a script to regenerate).
+# Third-party deps come from the pinned stack in setup.py through a pip
+# repository named `pypi` (rules_python's pip.parse over setup.py's pins).
+
+load("@rules_python//python:defs.bzl", "py_library", "py_test")
+
+package(default_visibility = ["//visibility:public"])
+'''
+THIRD_PARTY = {
+    "transforms": ["jax", "jaxlib", "neural_tangents", "numpy"],
+    "ntga_tfds": ["tensorflow", "tensorflow_datasets", "keras", "absl_py",
+                  "scikit_learn", "matplotlib", "tqdm", "numpy"],
+}
+
+
+def _label(path: pathlib.Path) -> str:
+  return str(path.relative_to(REPO)).replace("/", "_")
+
+
+def _packages():
+  """(target name, folder) of every package folder, in dependency order."""
+  out = [("transforms", REPO / "transforms"), ("ntga_tfds", REPO / "ntga_tfds")]
+  builders = REPO / "builders"
+  for d in sorted(p for p in builders.iterdir() if (p / "__init__.py").exists()):
+    out.append((_label(d), d))
+  out.append(("builders", builders))
+  return out
+
+
+def _is_test(path: pathlib.Path) -> bool:
+  return path.name.endswith("_test.py") or path.name.startswith("test_")
+
+
+def _list(items, indent=8):
+  pad = " " * indent
+  return "[\n" + "".join(f'{pad}"{i}",\n' for i in items) + " " * (indent - 4) + "]"
+
+
+def expected() -> str:
+  parts = [HEADER]
+  libs = []
+  for name, folder in _packages():
+    srcs = sorted(str(p.relative_to(REPO)) for p in folder.glob("*.py")
+                  if not _is_test(p))
+    deps = [":transforms"] if name != "transforms" else []
+    if name.startswith("builders"):
+      deps = [":ntga_tfds"] + [f":{l}" for l in libs if l.startswith("builders_")]
+    third = THIRD_PARTY.get(name, THIRD_PARTY["ntga_tfds"])
+    deps += [f"@pypi//{d}" for d in third]
+    data = []
+    if name.startswith("builders_"):   # dataset cards, dummy data, ...
+      data = sorted(str(p.relative_to(REPO)) for p in folder.rglob("*")
+                    if p.is_file() and p.suffix not in (".py", ".pyc")
+                    and "__pycache__" not in p.parts)
+    body = f'py_library(\n    name = "{name}",\n    srcs = {_list(srcs)},\n'
+    if data:
+      body += f"    data = {_list(data)},\n"
+    body += f"    deps = {_list(deps)},\n)\n"
+    parts.append(body)
+    libs.append(name)
+  tests = sorted(list((REPO / "tests").glob("test_*.py"))
+                 + list((REPO / "builders").glob("*/*_test.py")))
+  for t in tests:
+    name = _label(t)[:-3]
+    body = (f'py_test(\n    name = "{name}",\n    size = "large",\n'
+            f'    srcs = ["{t.relative_to(REPO)}", "tests/conftest.py"],\n'
+            f'    main = "{t.relative_to(REPO)}",\n'
+            f'    deps = [":builders", "@pypi//pytest"],\n)\n')
+    parts.append(body)
+  return "\n".join(parts)
+
+
+def test_build_file_is_in_sync():
+  actual = (REPO / "BUILD").read_text()
+  assert actual == expected(), (
+      "BUILD is out of date: run `python tests/test_build_file.py`.")
+
+
+def test_every_package_and_test_has_a_target():
+  text = (REPO / "BUILD").read_text()
+  for name, folder in _packages():
+    assert f'name = "{name}"' in text, folder
+  for t in (REPO / "tests").glob("test_*.py"):
+    assert f'"{t.relative_to(REPO)}"' in text, t
+
+
+if __name__ == "__main__":
+  (REPO / "BUILD").write_text(expected())
+  print("wrote", REPO / "BUILD", file=sys.stderr)
