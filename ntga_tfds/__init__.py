@@ -1,0 +1,76 @@
+"""ntga_tfds: NTGA data-poisoning attacks shipped as TensorFlow Datasets.
+
+`import ntga_tfds` registers every dataset builder under `builders/` with
+TFDS, so that
+
+  >>> import ntga_tfds, tensorflow_datasets as tfds
+  >>> ds = tfds.load("cifar10_ntga/eps8_t64", split="train")
+
+works like any other TFDS dataset. The builders need only
+`tensorflow_datasets` to be registered (importing this package does not
+import TensorFlow or JAX; the attack's code is imported when a dataset is
+generated). `import ntga_tfds.transforms` -- the pure-JAX attacks -- works
+as well and shares the package.
+
+Modules: `sources` (clean data, online or offline), `configs` (builder
+configs and their name grammar), `generation` (blocks, validation folds,
+checkpoints, statistics), `dataset_builder` (the base of every builder).
+"""
+
+import importlib as _importlib
+import importlib.resources as _resources
+
+__version__ = "0.1.0"
+
+_BUILDER_SUFFIX = "_dataset_builder"
+
+
+def _discover_builders():
+  """Names of the dataset folders of `ntga_tfds.builders`."""
+  root = _resources.files("ntga_tfds.builders")
+  names = []
+  for child in root.iterdir():
+    if (child.is_dir() and (child / "__init__.py").is_file()
+        and (child / f"{child.name}{_BUILDER_SUFFIX}.py").is_file()):
+      names.append(child.name)
+  return tuple(sorted(names))
+
+
+BUILDERS = _discover_builders()
+
+
+def builder_module(name: str) -> str:
+  """The module defining builder `name` (e.g. "mnist_ntga")."""
+  return f"ntga_tfds.builders.{name}.{name}{_BUILDER_SUFFIX}"
+
+
+def builder_cls(name: str):
+  """The `Builder` class of one of this package's datasets."""
+  if name not in BUILDERS:
+    raise ValueError(f"{name!r} is not one of ntga_tfds's builders: "
+                     f"{', '.join(BUILDERS)}.")
+  return _importlib.import_module(builder_module(name)).Builder
+
+
+class _Provider:
+  """Finds our builders for TFDS even if they were imported while TFDS had
+  registration switched off (as `tfds build builders/<name>` does while it
+  imports a builder file by path, which imports this package)."""
+
+  def has_dataset(self, name: str) -> bool:
+    return name in BUILDERS
+
+  def get_builder_cls(self, name: str):
+    return builder_cls(name)
+
+
+def _register():
+  from tensorflow_datasets.core import registered  # pylint: disable=g-import-not-at-top
+  for name in BUILDERS:
+    _importlib.import_module(builder_module(name))
+  registered.add_dataset_builder_provider(_Provider())
+
+
+_register()
+
+__all__ = ["BUILDERS", "builder_cls", "builder_module", "__version__"]

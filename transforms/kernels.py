@@ -13,6 +13,11 @@ here with `neural_tangents.stax`, as in the paper:
 Widths only matter for finite networks; the kernel is that of the infinite
 width limit.
 
+The CNN kernel is computed by default by `_cnn_ntk`, an exact pure-JAX
+implementation of the same kernel, organised for CPU speed, with a
+hand-written backward pass (see that module); `impl="nt"` uses
+neural-tangents' `stax` kernel instead (the reference it is tested against).
+
 Example:
 
   >>> kernel_fn = kernels.kernel_fn("fnn", image_shape=(8, 8, 1),
@@ -29,8 +34,11 @@ import jax.numpy as jnp
 from neural_tangents import stax
 
 from ntga_tfds.transforms import _checks
+from ntga_tfds.transforms import _cnn_ntk
+from ntga_tfds.transforms import _fnn_ntk
 
 SURROGATES = ("fnn", "cnn")
+CNN_IMPLS = ("fast", "nt")
 W_STD = math.sqrt(1.76)
 B_STD = math.sqrt(0.18)
 LARGE_IMAGE_SIDE = 128
@@ -71,41 +79,71 @@ def cnn(*, num_classes: int, depth: int = 2, channels: int = 64,
 
 def kernel_fn(surrogate: str, *, image_shape: Sequence[int], num_classes: int,
               depth: Optional[int] = None, width: Optional[int] = None,
-              strides: Optional[int] = None) -> KernelFn:
+              strides: Optional[int] = None, impl: str = "fast",
+              step_size: Optional[int] = None) -> KernelFn:
   """The NTK of a surrogate, as `k(x1, x2) -> (n1, n2)` on image batches.
 
   Args:
     surrogate: "fnn" or "cnn".
     image_shape: `(H, W, C)` or `(H, W)` of one image; FNN flattens it.
-    num_classes: width of the CNN's readout layer.
+    num_classes: width of the CNN's readout layer (the NTK does not depend
+      on it).
     depth, width, strides: override the paper's defaults (see module doc);
       `strides` applies to the CNN only, `width` to the FNN only.
+    impl: CNN only: "fast" (`_cnn_ntk`, default) or "nt" (neural-tangents'
+      `stax` kernel); both compute the same kernel.
+    step_size: CNN "fast" only: x2 images per step of its loop (default: a
+      cache-sized choice, `_cnn_ntk.default_step_size`).
 
   Returns:
     A pure function `(x1 (n1, *image_shape), x2 (n2, *image_shape)) ->
-    ntk (n1, n2)`, differentiable in both inputs.
+    ntk (n1, n2)`, differentiable in both inputs (the fast CNN kernel: in
+    reverse mode). With the fast CNN kernel, `k(x, x)` on one array object
+    is the symmetric self-kernel (exact diagonal, one backward pass).
   """
   _checks.choice(surrogate, "surrogate", SURROGATES)
   image_shape = tuple(int(s) for s in image_shape)
   if surrogate == "fnn":
-    _, _, stax_kernel = fnn(
-        depth=5 if depth is None else depth,
-        width=512 if width is None else width)
+    _checks.choice(impl, "impl", CNN_IMPLS)
+    depth = _checks.positive_int(5 if depth is None else depth, "depth")
+    _, _, stax_kernel = fnn(depth=depth,
+                            width=512 if width is None else width)
 
     def k(x1, x2):
-      return stax_kernel(x1.reshape(x1.shape[0], -1),
-                         x2.reshape(x2.shape[0], -1), "ntk")
+      x1 = x1.reshape(x1.shape[0], -1)
+      x2 = x2.reshape(x2.shape[0], -1)
+      if impl == "fast":
+        return _fnn_ntk.ntk(x1, x2, depth=depth, W_std=W_STD, b_std=B_STD)
+      return stax_kernel(x1, x2, "ntk")
     return k
 
   if len(image_shape) not in (2, 3):
     raise ValueError(
         f"The cnn surrogate needs images of shape (H, W[, C]), got "
         f"{image_shape}.")
+  _checks.choice(impl, "impl", CNN_IMPLS)
   if strides is None:
     strides = 3 if max(image_shape[:2]) >= LARGE_IMAGE_SIDE else 2
-  _, _, stax_kernel = cnn(
-      num_classes=num_classes, depth=2 if depth is None else depth,
-      strides=strides)
+  depth = 2 if depth is None else depth
+  if impl == "fast":
+    spec = _cnn_ntk.CNNSpec(
+        image_shape=tuple(image_shape[:2]) + (
+            image_shape[2] if len(image_shape) == 3 else 1,),
+        depth=_checks.positive_int(depth, "depth"),
+        strides=_checks.positive_int(strides, "strides"),
+        W_std=W_STD, b_std=B_STD, num_dense=3)
+    fast = _cnn_ntk.ntk_fn(spec, step_size=step_size)
+
+    def k(x1, x2):
+      if x1.ndim == 3:
+        same = x1 is x2
+        x1 = x1[..., None]
+        x2 = x1 if same else x2[..., None]
+      return fast(x1, x2)
+    return k
+
+  _, _, stax_kernel = cnn(num_classes=num_classes, depth=depth,
+                          strides=strides)
 
   def k(x1, x2):
     if x1.ndim == 3:

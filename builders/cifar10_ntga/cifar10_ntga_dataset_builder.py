@@ -1,0 +1,14 @@
+"""cifar10_ntga: CIFAR-10, train split poisoned by NTGA.
+
+The dataset card is README.md next to this file.
+"""
+
+from ntga_tfds import configs
+from ntga_tfds import dataset_builder
+
+
+class Builder(dataset_builder.NTGABuilder):
+  """CIFAR-10, train split poisoned by NTGA."""
+
+  SOURCE = "cifar10"
+  BUILDER_CONFIGS = configs.named_ntga_configs("cifar10")

@@ -1,0 +1,14 @@
+"""fashion_mnist_ntga: Fashion-MNIST, train split poisoned by NTGA.
+
+The dataset card is README.md next to this file.
+"""
+
+from ntga_tfds import configs
+from ntga_tfds import dataset_builder
+
+
+class Builder(dataset_builder.NTGABuilder):
+  """Fashion-MNIST, train split poisoned by NTGA."""
+
+  SOURCE = "fashion_mnist"
+  BUILDER_CONFIGS = configs.named_ntga_configs("fashion_mnist")

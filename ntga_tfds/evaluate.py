@@ -1,0 +1,511 @@
+r"""Does a poisoned dataset stop a model from learning? Clean vs poisoned.
+
+Trains Keras victims on the poisoned train split, on the matching clean
+examples, and on the random-noise control of the same size, evaluates all on
+the clean test split, and reports peak and final test accuracy (mean and
+spread over seeds) and the drop from clean, optionally under defences. Writes
+`results.json`, prints a table and draws PNGs (learning curves, examples).
+
+  python -m ntga_tfds.evaluate --dataset=cifar10_ntga/eps8_t64 \
+      --victims=cnn,resnet18 --seeds=3 --defenses=none,jpeg10,pgd8
+
+The core, `evaluate_arrays`, works on numpy arrays; `evaluate` loads a TFDS
+name (poisoned train, clean train matched by `index`, clean test, control)
+and calls it; `run_cli` / `main` wrap `evaluate` with absl flags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from typing import Mapping, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from ntga_tfds import defenses as defenses_lib
+from ntga_tfds import plots
+from ntga_tfds import victims as victims_lib
+
+CLEAN, POISONED, NOISE = "clean", "poisoned", "random_noise"
+Arrays = tuple  # (images uint8 (N, H, W, C), labels int (N,))
+
+
+# ------------------------------------------------------------------ core ---
+
+
+def mix(poisoned: np.ndarray, clean: np.ndarray, *, ratio: float,
+        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Keeps a fixed-seed random fraction `ratio` poisoned, the rest clean.
+
+  Args:
+    poisoned: `(N, H, W, C)` poisoned images.
+    clean: `(N, H, W, C)` their clean originals, same order.
+    ratio: fraction in [0, 1] kept poisoned (rounded to whole examples).
+    seed: seeds the choice.
+
+  Returns:
+    `(images (N, H, W, C), mask (N,) bool)`: mask is True where poisoned.
+  """
+  if not 0.0 <= ratio <= 1.0:
+    raise ValueError(f"poison_ratio must be in [0, 1], got {ratio}.")
+  if poisoned.shape != clean.shape:
+    raise ValueError(f"poisoned {poisoned.shape} and clean {clean.shape} "
+                     "images differ in shape.")
+  n = len(poisoned)
+  mask = np.zeros(n, bool)
+  mask[np.random.default_rng(seed).permutation(n)[:int(round(ratio * n))]] = 1
+  return np.where(mask[:, None, None, None], poisoned, clean), mask
+
+
+def _stats(values: Sequence[float]) -> dict:
+  v = np.asarray(values, float)
+  return {"mean": float(v.mean()),
+          "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+          "min": float(v.min()), "max": float(v.max()),
+          "values": [float(x) for x in v]}
+
+
+def _seed_list(seeds: int | Sequence[int]) -> list[int]:
+  if isinstance(seeds, (int, np.integer)):
+    if seeds < 1:
+      raise ValueError(f"seeds must be >= 1, got {seeds}.")
+    return list(range(int(seeds)))
+  seeds = [int(s) for s in seeds]
+  if not seeds:
+    raise ValueError("seeds must name at least one seed.")
+  return seeds
+
+
+def evaluate_arrays(train_sets: Mapping[str, Arrays], test: Arrays, *,
+                    victims: Sequence[str] = ("cnn",),
+                    seeds: int | Sequence[int] = 1,
+                    epochs: int | None = None, batch_size: int | None = None,
+                    learning_rate: float | None = None,
+                    defenses: Sequence[str] = ("none",),
+                    poison_ratio: float = 1.0, num_classes: int | None = None,
+                    output_dir: str | None = None,
+                    examples_per_class: int = 2,
+                    class_names: Sequence[str] | None = None,
+                    metadata: Mapping | None = None,
+                    progress: bool = True) -> dict:
+  """Trains every victim on every training set; evaluates on clean test.
+
+  Args:
+    train_sets: name -> `(x (N, H, W, C) uint8, y (N,) int)`. Must contain
+      "clean"; every other set (e.g. "poisoned", "random_noise") must be the
+      same N examples in the same order, with the same labels.
+    test: clean `(x (M, H, W, C) uint8, y (M,))`.
+    victims: names from `victims.VICTIMS`.
+    seeds: a count n (seeds 0..n-1) or explicit seeds.
+    epochs, batch_size, learning_rate: override the victims' recipes.
+    defenses: specs from `defenses.parse` ("none", "augment", "jpeg10",
+      "grayscale", "pgd8"); every defence is reported next to the others.
+    poison_ratio: fraction of each non-clean set kept perturbed (the same
+      fixed-seed examples in every set); the rest are the clean originals.
+    num_classes: default `1 + max label`.
+    output_dir: if given, writes results.json and PNGs there.
+    examples_per_class: columns per class in the examples PNG.
+    class_names: names of the labels (for the examples PNG).
+    metadata: extra JSON-able fields stored at the top of the report.
+    progress: tqdm bars while training.
+
+  Returns:
+    The report (also written as results.json): `results[victim][defense]
+    [set]` holds `peak` and `final` statistics (fractions in [0, 1]),
+    per-seed `train_accuracy` / `test_accuracy` curves `(S, E)` and, except
+    for "clean", `drop` = clean mean - set mean for peak and final.
+  """
+  victims = list(victims)
+  for name in victims:
+    victims_lib.get(name)
+  parsed = [defenses_lib.parse(d) for d in defenses]
+  seed_values = _seed_list(seeds)
+  if CLEAN not in train_sets:
+    raise ValueError(f"train_sets must contain {CLEAN!r}, got "
+                     f"{sorted(train_sets)}.")
+  x_clean, y_clean = (np.asarray(a) for a in train_sets[CLEAN])
+  x_test, y_test = (np.asarray(a) for a in test)
+  for name, (x, y) in train_sets.items():
+    if np.shape(x) != x_clean.shape or not np.array_equal(y, y_clean):
+      raise ValueError(f"train set {name!r} must match the clean set's "
+                       f"shape {x_clean.shape} and labels.")
+  if x_test.shape[1:] != x_clean.shape[1:]:
+    raise ValueError(f"test images {x_test.shape[1:]} and train images "
+                     f"{x_clean.shape[1:]} differ in shape.")
+  if num_classes is None:
+    num_classes = int(max(y_clean.max(), y_test.max())) + 1
+
+  mixed, mask = {}, np.ones(len(x_clean), bool)
+  for name, (x, _) in train_sets.items():
+    mixed[name] = np.asarray(x)
+    if name != CLEAN and poison_ratio < 1.0:
+      mixed[name], mask = mix(mixed[name], x_clean, ratio=poison_ratio)
+
+  report = {
+      **(metadata or {}),
+      "victims": victims, "defenses": [d.name for d in parsed],
+      "train_sets": list(train_sets), "seeds": seed_values,
+      "poison_ratio": float(poison_ratio), "num_poisoned": int(mask.sum()),
+      "num_train": int(len(x_clean)), "num_test": int(len(x_test)),
+      "image_shape": list(x_clean.shape[1:]), "num_classes": num_classes,
+      "settings": {}, "results": {}, "files": [],
+  }
+  for defense in parsed:
+    sets = {n: defenses_lib.transform_train(defense, x)
+            for n, x in mixed.items()}
+    x_test_d = defenses_lib.transform_test(defense, x_test)
+    for victim in victims:
+      per_set = report["results"].setdefault(victim, {})[defense.name] = {}
+      for name, x in sets.items():
+        runs = [victims_lib.train(
+            victim, (x, y_clean), test=(x_test_d, y_test),
+            num_classes=num_classes, epochs=epochs, batch_size=batch_size,
+            learning_rate=learning_rate, seed=seed,
+            augment=True if defense.augment else None,
+            wrap=defenses_lib.wrapper(defense), progress=progress,
+            desc=f"{victim}/{defense.name}/{name}/seed{seed}")
+                for seed in seed_values]
+        report["settings"][victim] = {"epochs": runs[0].epochs,
+                                      "batch_size": runs[0].batch_size,
+                                      "learning_rate": runs[0].learning_rate}
+        h = [r.history for r in runs]
+        per_set[name] = {
+            "peak": _stats([x.peak_test_accuracy for x in h]),
+            "final": _stats([x.final_test_accuracy for x in h]),
+            "train_accuracy": [x.train_accuracy for x in h],
+            "test_accuracy": [x.test_accuracy for x in h],
+        }
+        logging.info("%s/%s/%s: peak %.4f final %.4f", victim, defense.name,
+                     name, per_set[name]["peak"]["mean"],
+                     per_set[name]["final"]["mean"])
+      for name, r in per_set.items():
+        if name != CLEAN:
+          r["drop"] = {k: per_set[CLEAN][k]["mean"] - r[k]["mean"]
+                       for k in ("peak", "final")}
+  if output_dir:
+    write_outputs(report, output_dir, train_sets=train_sets,
+                  examples_per_class=examples_per_class,
+                  class_names=class_names)
+  return report
+
+
+# --------------------------------------------------------------- outputs ---
+
+
+def format_table(report: Mapping) -> str:
+  """A plain-text table: one row per victim, defence and training set."""
+  head = ("victim", "defense", "train set", "peak acc %", "final acc %",
+          "drop peak", "drop final")
+  rows = [head]
+  for victim, by_defense in report["results"].items():
+    for defense, by_set in by_defense.items():
+      for name, r in by_set.items():
+        drop = r.get("drop")
+        rows.append((
+            victim, defense, name,
+            f"{100 * r['peak']['mean']:.2f} ± {100 * r['peak']['std']:.2f}",
+            f"{100 * r['final']['mean']:.2f} ± {100 * r['final']['std']:.2f}",
+            f"{100 * drop['peak']:.2f}" if drop else "-",
+            f"{100 * drop['final']:.2f}" if drop else "-"))
+  widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+  lines.insert(1, "  ".join("-" * w for w in widths))
+  return "\n".join(lines)
+
+
+def write_outputs(report: dict, output_dir: str, *,
+                  train_sets: Mapping[str, Arrays],
+                  examples_per_class: int = 2,
+                  class_names: Sequence[str] | None = None) -> list[str]:
+  """Writes learning-curve PNGs, the examples PNG and results.json.
+
+  Returns:
+    The paths written (also stored in `report["files"]`).
+  """
+  os.makedirs(output_dir, exist_ok=True)
+  files = []
+  for victim, by_defense in report["results"].items():
+    for defense, by_set in by_defense.items():
+      files.append(plots.plot_learning_curves(
+          by_set, path=os.path.join(output_dir,
+                                    f"curves_{victim}_{defense}.png"),
+          title=f"{report.get('dataset', '')} {victim} ({defense})".strip()))
+  x_clean, y = train_sets[CLEAN]
+  others = {n: np.asarray(x) for n, (x, _) in train_sets.items() if n != CLEAN}
+  if others and examples_per_class > 0:
+    idx = plots.pick_examples(np.asarray(y), per_class=examples_per_class)
+    files.append(plots.plot_examples(
+        np.asarray(x_clean)[idx], {n: x[idx] for n, x in others.items()},
+        np.asarray(y)[idx], path=os.path.join(output_dir, "examples.png"),
+        class_names=class_names, title=report.get("dataset", "")))
+  json_path = os.path.join(output_dir, "results.json")
+  report["files"] = [os.path.basename(f) for f in files + [json_path]]
+  with open(json_path, "w") as f:
+    json.dump(report, f, indent=1)
+  return files + [json_path]
+
+
+# ------------------------------------------------------ TFDS name layer ---
+
+
+def _registered(suffixes=("_ntga", "_random_noise")) -> list[str]:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return sorted(n for n in tfds.list_builders(with_community_datasets=False)
+                if n.endswith(suffixes))
+
+
+def load_builder(dataset: str, *, data_dir: str | None = None,
+                 manual_dir: str | None = None, build: bool = True):
+  """The prepared TFDS builder for "name/config", building it if allowed.
+
+  Raises:
+    ValueError: unknown dataset or config, or a dataset that is not built
+      and cannot be built (or `build=False`).
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import ntga_tfds  # pylint: disable=g-import-not-at-top,unused-import
+  name, _, config = dataset.partition("/")
+  try:
+    cls = tfds.builder_cls(name)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise ValueError(f"--dataset: unknown dataset {name!r}; poisoned "
+                     f"datasets: {', '.join(_registered())}.") from None
+  kwargs = {"config": config} if config else {}
+  try:
+    builder = cls(data_dir=data_dir, **kwargs)
+  except ValueError as e:
+    raise ValueError(f"--dataset: unknown config {config!r} of {name!r}: "
+                     f"{e}") from None
+  if not builder.is_prepared():
+    if not build:
+      raise ValueError(f"--dataset {dataset!r} is not built in "
+                       f"{builder.data_dir}; build it (`tfds build`) or "
+                       "pass --build.")
+    logging.info("Building %s in %s", dataset, builder.data_dir)
+    try:
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    except Exception as e:  # noqa: BLE001 - re-raised with the dataset name.
+      raise ValueError(f"--dataset {dataset!r} is not built and could not "
+                       f"be built: {type(e).__name__}: {e}") from e
+  return builder
+
+
+def _read_split(builder, split: str) -> dict[str, np.ndarray]:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  parts = list(tfds.as_numpy(builder.as_dataset(split=split).batch(4096)))
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _align(index: np.ndarray, other_index: np.ndarray, what: str):
+  pos = {int(i): j for j, i in enumerate(other_index)}
+  missing = [int(i) for i in index if int(i) not in pos]
+  if missing:
+    raise ValueError(f"{what} lacks {len(missing)} source examples, e.g. "
+                     f"index {missing[0]}.")
+  return np.asarray([pos[int(i)] for i in index])
+
+
+def _eps_of(builder) -> float | None:
+  """The builder config's L-inf budget in [0, 1] pixel units, if known."""
+  params = getattr(builder.builder_config, "attack_params", None) or {}
+  if "eps" in params:
+    return float(params["eps"])
+  m = re.search(r"eps(\d+)", getattr(builder.builder_config, "name", ""))
+  return int(m.group(1)) / 255.0 if m else None
+
+
+def _source_of(builder) -> str:
+  source = getattr(builder, "SOURCE", None)
+  if source:
+    return source
+  return re.sub(r"_(ntga|random_noise)$", "", builder.name)
+
+
+def load_named(dataset: str, *, data_dir: str | None = None,
+               manual_dir: str | None = None, build: bool = True,
+               control: bool = True, seed: int = 0):
+  """Loads the training sets and test split of a TFDS poisoned dataset.
+
+  The clean training examples are the source's `index`ed examples (labels
+  checked). The control is `<source>_random_noise/eps{k}` (examples
+  matched by `index`) when registered and buildable; otherwise the same
+  noise (`transforms.random_noise`, seeded) is drawn here.
+
+  Returns:
+    `(train_sets, test, info)`: train_sets name -> (x, y) with "clean",
+    "poisoned" and (if `control`) "random_noise"; test (x, y); info a dict
+    for the report.
+  """
+  from ntga_tfds import sources  # pylint: disable=g-import-not-at-top
+  builder = load_builder(dataset, data_dir=data_dir, manual_dir=manual_dir,
+                         build=build)
+  poisoned = _read_split(builder, "train")
+  test = _read_split(builder, "test")
+  source = _source_of(builder)
+  src = sources.load_source(source, "train", data_dir=data_dir,
+                            manual_dir=manual_dir)
+  index = poisoned["index"].astype(np.int64)
+  if index.size and (index.min() < 0 or index.max() >= len(src)):
+    raise ValueError(f"{dataset}: `index` exceeds the {len(src)} training "
+                     f"examples of source {source!r}.")
+  x_clean, y_clean = src.images[index], src.labels[index]
+  if not np.array_equal(y_clean, poisoned["label"]):
+    raise ValueError(f"{dataset}: labels at `index` differ from the source "
+                     f"{source!r} training labels.")
+  train_sets = {CLEAN: (x_clean, y_clean),
+                POISONED: (poisoned["image"], y_clean)}
+  eps = _eps_of(builder)
+  info = {"dataset": dataset, "source": source, "eps": eps,
+          "class_names": builder.info.features["label"].names
+                         if hasattr(builder.info.features["label"], "names")
+                         else None}
+  if control and not builder.name.endswith("_random_noise") and eps:
+    train_sets[NOISE], info["control"] = _control(
+        source, eps, index, x_clean, y_clean, data_dir=data_dir,
+        manual_dir=manual_dir, build=build, seed=seed)
+  return train_sets, (test["image"], test["label"]), info
+
+
+def _control(source, eps, index, x_clean, y_clean, *, seed, **kwargs):
+  name = f"{source}_random_noise/eps{int(round(eps * 255))}"
+  try:
+    noise = _read_split(load_builder(name, **kwargs), "train")
+    rows = _align(index, noise["index"], name)
+    return (noise["image"][rows], y_clean), name
+  except ValueError as e:
+    logging.warning("Control %s unavailable (%s); drawing the same noise "
+                    "in-process.", name, e)
+  import jax  # pylint: disable=g-import-not-at-top
+  from ntga_tfds.transforms import random_noise  # pylint: disable=g-import-not-at-top
+  x = random_noise.poison(x_clean, key=jax.random.PRNGKey(seed),
+                          config=random_noise.RandomNoiseConfig(eps=eps))
+  return (x, y_clean), f"in-process uniform noise, eps={eps:.4f}"
+
+
+def evaluate(dataset: str, *, victims: Sequence[str] = ("cnn",),
+             seeds: int | Sequence[int] = 1, epochs: int | None = None,
+             batch_size: int | None = None,
+             learning_rate: float | None = None,
+             defenses: Sequence[str] = ("none",), poison_ratio: float = 1.0,
+             control: bool = True, data_dir: str | None = None,
+             manual_dir: str | None = None, build: bool = True,
+             output_dir: str | None = None, examples_per_class: int = 2,
+             progress: bool = True) -> dict:
+  """Clean vs poisoned (vs noise) evaluation of a TFDS dataset by name.
+
+  Args:
+    dataset: "<source>_<attack>/<config>", e.g. "cifar10_ntga/eps8_t64".
+    control: also evaluate `<source>_random_noise/eps{k}`.
+    data_dir: TFDS data directory (default: TFDS's).
+    manual_dir: where sources that need manual files find them.
+    build: build the dataset if it is not built yet.
+    Others: as `evaluate_arrays`.
+
+  Returns:
+    The report of `evaluate_arrays`, with the dataset's name, source, eps
+    and control.
+  """
+  for name in victims:  # Fail before loading anything.
+    victims_lib.get(name)
+  for d in defenses:
+    defenses_lib.parse(d)
+  train_sets, test, info = load_named(
+      dataset, data_dir=data_dir, manual_dir=manual_dir, build=build,
+      control=control)
+  class_names = info.pop("class_names")
+  return evaluate_arrays(
+      train_sets, test, victims=victims, seeds=seeds, epochs=epochs,
+      batch_size=batch_size, learning_rate=learning_rate, defenses=defenses,
+      poison_ratio=poison_ratio, output_dir=output_dir,
+      examples_per_class=examples_per_class, class_names=class_names,
+      metadata=info, progress=progress)
+
+
+# ------------------------------------------------------------------- CLI ---
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines this CLI's flags on `fv`."""
+  flags.DEFINE_string("dataset", None, "Poisoned TFDS dataset, e.g. "
+                      "cifar10_ntga/eps8_t64.", flag_values=fv)
+  flags.DEFINE_list("victims", ["cnn"], "Victims: "
+                    + ", ".join(victims_lib.VICTIMS) + ".", flag_values=fv)
+  flags.DEFINE_integer("seeds", 1, "Number of seeds per run.", lower_bound=1,
+                       flag_values=fv)
+  flags.DEFINE_integer("first_seed", 0, "First seed.", flag_values=fv)
+  flags.DEFINE_integer("epochs", None, "Epochs (default: the victim's "
+                       "recipe).", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("batch_size", None, "Batch size (default: the "
+                       "recipe's).", lower_bound=1, flag_values=fv)
+  flags.DEFINE_float("learning_rate", None, "Learning rate (default: the "
+                     "recipe's).", flag_values=fv)
+  flags.DEFINE_list("defenses", ["none"], "none, augment, jpeg[Q], "
+                    "grayscale, pgd[EPS/255].", flag_values=fv)
+  flags.DEFINE_float("poison_ratio", 1.0, "Fraction of examples kept "
+                     "poisoned.", lower_bound=0.0, upper_bound=1.0,
+                     flag_values=fv)
+  flags.DEFINE_bool("control", True, "Also evaluate random noise of the "
+                    "same eps.", flag_values=fv)
+  flags.DEFINE_string("data_dir", None, "TFDS data dir.", flag_values=fv)
+  flags.DEFINE_string("manual_dir", None, "Manual dir for sources.",
+                      flag_values=fv)
+  flags.DEFINE_bool("build", True, "Build the dataset if not built.",
+                    flag_values=fv)
+  flags.DEFINE_string("output_dir", None, "Where results.json and PNGs go "
+                      "(default out/evaluate/<dataset>).", flag_values=fv)
+  flags.DEFINE_integer("examples_per_class", 2, "Examples per class in "
+                       "examples.png.", lower_bound=0, flag_values=fv)
+  flags.DEFINE_bool("progress", True, "Progress bars.", flag_values=fv)
+
+
+def _from_flags(fv: flags.FlagValues) -> dict:
+  if not fv.dataset:
+    raise ValueError("--dataset is required, e.g. "
+                     "--dataset=digits_ntga/<config>.")
+  output_dir = fv.output_dir or os.path.join(
+      "out", "evaluate", fv.dataset.replace("/", "_"))
+  report = evaluate(
+      fv.dataset, victims=fv.victims,
+      seeds=list(range(fv.first_seed, fv.first_seed + fv.seeds)),
+      epochs=fv.epochs, batch_size=fv.batch_size,
+      learning_rate=fv.learning_rate, defenses=fv.defenses,
+      poison_ratio=fv.poison_ratio, control=fv.control,
+      data_dir=fv.data_dir, manual_dir=fv.manual_dir, build=fv.build,
+      output_dir=output_dir, examples_per_class=fv.examples_per_class,
+      progress=fv.progress)
+  print(format_table(report))
+  print(f"\nWrote {', '.join(report['files'])} to {output_dir}")
+  return report
+
+
+def run_cli(argv: Sequence[str]) -> dict:
+  """Parses `argv` (argv[0] is the program) with fresh flags and runs it.
+
+  Returns:
+    The report. Raises ValueError for bad arguments.
+  """
+  fv = flags.FlagValues()
+  define_flags(fv)
+  fv(list(argv))
+  return _from_flags(fv)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    _from_flags(flags.FLAGS)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,257 @@
+"""The clean-vs-poisoned evaluation, end to end on the digits builders.
+
+The module's fixture runs the real CLI (`python -m ntga_tfds.evaluate`) on
+`digits_ntga/eps76_t64` in a fresh TFDS data_dir: it builds the NTGA dataset
+(the lead's attack on all 1,442 training digits) and its random-noise
+control, trains `fnn_relu` on clean, poisoned and noise with two seeds, and
+writes results.json and PNGs. The other tests reuse that data_dir.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("NTGA_TFDS_PROGRESS", "0")
+
+from absl import flags  # pylint: disable=g-import-not-at-top
+import matplotlib.image
+import numpy as np
+import pytest
+
+from ntga_tfds import evaluate
+from ntga_tfds import plots
+from ntga_tfds import sources
+
+DATASET = "digits_ntga/eps76_t64"
+EPOCHS, SEEDS = 5, 2
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+  """(report read from results.json, output dir, data_dir, stdout)."""
+  data_dir = tmp_path_factory.mktemp("tfds")
+  out = tmp_path_factory.mktemp("eval")
+  proc = subprocess.run(
+      [sys.executable, "-m", "ntga_tfds.evaluate", f"--dataset={DATASET}",
+       f"--data_dir={data_dir}", f"--output_dir={out}", "--victims=fnn_relu",
+       f"--epochs={EPOCHS}", f"--seeds={SEEDS}", "--noprogress"],
+      capture_output=True, text=True, timeout=600,
+      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "NTGA_TFDS_PROGRESS": "0"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads((out / "results.json").read_text())
+  return report, out, data_dir, proc.stdout
+
+
+def _cli(*args):
+  return evaluate.run_cli(["evaluate", *args, "--noprogress"])
+
+
+# ------------------------------------------------------ end to end (CLI) ---
+
+
+def test_cli_report_has_the_documented_keys_and_shapes(cli_run):
+  report, _, _, _ = cli_run
+  assert report["dataset"] == DATASET and report["source"] == "digits"
+  assert report["eps"] == pytest.approx(76 / 255)
+  assert report["control"] == "digits_random_noise/eps76"
+  assert report["victims"] == ["fnn_relu"] and report["defenses"] == ["none"]
+  assert report["train_sets"] == ["clean", "poisoned", "random_noise"]
+  assert report["seeds"] == [0, 1]
+  assert (report["num_train"], report["num_test"]) == (1442, 355)
+  assert report["num_poisoned"] == 1442 and report["poison_ratio"] == 1.0
+  assert report["image_shape"] == [8, 8, 1] and report["num_classes"] == 10
+  assert report["settings"]["fnn_relu"] == {
+      "epochs": EPOCHS, "batch_size": 64, "learning_rate": 1e-3}
+  by_set = report["results"]["fnn_relu"]["none"]
+  assert set(by_set) == {"clean", "poisoned", "random_noise"}
+  for name, r in by_set.items():
+    for key in ("peak", "final"):
+      assert set(r[key]) == {"mean", "std", "min", "max", "values"}
+      assert len(r[key]["values"]) == SEEDS
+      assert r[key]["mean"] == pytest.approx(np.mean(r[key]["values"]))
+      assert r[key]["std"] == pytest.approx(np.std(r[key]["values"], ddof=1))
+    assert np.shape(r["train_accuracy"]) == np.shape(r["test_accuracy"]) == (
+        SEEDS, EPOCHS)
+    assert r["peak"]["values"] == [max(c) for c in r["test_accuracy"]]
+    assert r["final"]["values"] == [c[-1] for c in r["test_accuracy"]]
+    if name == "clean":
+      assert "drop" not in r
+    else:
+      for key in ("peak", "final"):
+        assert r["drop"][key] == pytest.approx(
+            by_set["clean"][key]["mean"] - r[key]["mean"])
+
+
+def test_ntga_stops_learning_but_noise_of_equal_size_does_not(cli_run):
+  by_set = cli_run[0]["results"]["fnn_relu"]["none"]
+  clean = by_set["clean"]["peak"]["mean"]
+  assert clean > 0.9
+  # Fixed seeds: poisoned peak accuracy far below clean (measured ~0.1 vs
+  # ~0.97); the noise control of the same eps learns about as well as clean.
+  assert by_set["poisoned"]["peak"]["mean"] < clean - 0.5
+  assert by_set["poisoned"]["drop"]["final"] > 0.5
+  assert by_set["random_noise"]["peak"]["mean"] > clean - 0.1
+  # Poisoned training data is still fitted: the model learns the shortcut.
+  assert np.mean([c[-1] for c in by_set["poisoned"]["train_accuracy"]]) > 0.9
+
+
+def test_cli_writes_pngs_and_prints_the_table(cli_run):
+  report, out, _, stdout = cli_run
+  assert sorted(report["files"]) == [
+      "curves_fnn_relu_none.png", "examples.png", "results.json"]
+  for name in ("curves_fnn_relu_none.png", "examples.png"):
+    path = out / name
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    h, w = matplotlib.image.imread(path).shape[:2]
+    assert h > 100 and w > 300
+  assert "victim" in stdout and "drop peak" in stdout
+  rows = [l.split() for l in stdout.splitlines() if l.startswith("fnn_relu")]
+  assert [r[2] for r in rows] == ["clean", "poisoned", "random_noise"]
+
+
+def test_clean_examples_are_matched_by_index(cli_run):
+  data_dir = cli_run[2]
+  sets, (x_test, y_test), info = evaluate.load_named(DATASET,
+                                                     data_dir=str(data_dir))
+  src = sources.load_source("digits", "train")
+  test = sources.load_source("digits", "test")
+  x_clean, y = sets["clean"]
+  x_poison, y_poison = sets["poisoned"]
+  np.testing.assert_array_equal(y, y_poison)
+  assert sorted(map(bytes, x_clean)) == sorted(map(bytes, src.images))
+  for name in ("poisoned", "random_noise"):
+    delta = np.abs(sets[name][0].astype(int) - x_clean)
+    assert 0 < delta.max() <= 76  # within eps of its own clean original
+  assert len(x_test) == len(test) and sorted(y_test) == sorted(test.labels)
+  assert info["control"] == "digits_random_noise/eps76"
+
+
+def test_cli_poison_ratio_and_defenses(cli_run, tmp_path):
+  data_dir = cli_run[2]
+  report = _cli(f"--dataset={DATASET}", f"--data_dir={data_dir}",
+                f"--output_dir={tmp_path}", "--victims=fnn_relu",
+                "--epochs=2", "--poison_ratio=0.5", "--nocontrol",
+                "--defenses=none,jpeg10", "--examples_per_class=1")
+  assert report["num_poisoned"] == 721 and report["poison_ratio"] == 0.5
+  assert report["train_sets"] == ["clean", "poisoned"]
+  assert set(report["results"]["fnn_relu"]) == {"none", "jpeg10"}
+  for by_set in report["results"]["fnn_relu"].values():
+    assert set(by_set) == {"clean", "poisoned"}
+  assert (tmp_path / "curves_fnn_relu_jpeg10.png").read_bytes()[:8] == (
+      PNG_MAGIC)
+  assert json.loads((tmp_path / "results.json").read_text()) == report
+
+
+# ------------------------------------------------------------- errors ---
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--victims=vgg"], r"Unknown victim 'vgg'; choose from"),
+    (["--defenses=blur"], r"Unknown defense 'blur'"),
+    (["--dataset=nosuch_ntga/eps8_t64"], r"unknown dataset 'nosuch_ntga'"),
+    (["--dataset=digits_ntga/bogus"], r"unknown config 'bogus'"),
+])
+def test_clear_errors_for_unknown_names(args, match, tmp_path):
+  base = {"--dataset": DATASET}
+  argv = [f"--data_dir={tmp_path}"] + args
+  if not any(a.startswith("--dataset") for a in args):
+    argv.append(f"--dataset={base['--dataset']}")
+  with pytest.raises(ValueError, match=match):
+    _cli(*argv)
+  assert not any(tmp_path.iterdir())  # failed before building anything
+
+
+def test_clear_error_for_a_dataset_that_is_not_built(tmp_path):
+  with pytest.raises(ValueError, match=r"is not built in .*--build"):
+    _cli(f"--dataset={DATASET}", f"--data_dir={tmp_path}", "--nobuild")
+
+
+def test_clear_error_for_a_dataset_that_cannot_be_built(tmp_path):
+  with pytest.raises(ValueError,
+                     match=r"'mnist_ntga/eps76_t64' is not built and could "
+                           r"not be built: .*manual_dir"):
+    _cli("--dataset=mnist_ntga/eps76_t64", f"--data_dir={tmp_path}",
+         f"--manual_dir={tmp_path / 'missing'}")
+
+
+def test_bad_flag_values_are_rejected(tmp_path):
+  with pytest.raises(flags.IllegalFlagValueError):
+    _cli(f"--dataset={DATASET}", "--poison_ratio=1.5")
+  with pytest.raises(ValueError, match="--dataset is required"):
+    _cli(f"--data_dir={tmp_path}")
+
+
+def test_cli_exits_with_the_error_message():
+  proc = subprocess.run(
+      [sys.executable, "-m", "ntga_tfds.evaluate", f"--dataset={DATASET}",
+       "--victims=vgg"], capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  assert "error: Unknown victim 'vgg'" in proc.stderr
+
+
+# ------------------------------------------------- core and pictures ---
+
+
+def test_mix_keeps_a_fixed_fraction_poisoned():
+  clean = np.zeros((10, 2, 2, 1), np.uint8)
+  poisoned = np.ones_like(clean)
+  x, mask = evaluate.mix(poisoned, clean, ratio=0.3, seed=1)
+  assert mask.sum() == 3
+  np.testing.assert_array_equal(x[mask], poisoned[mask])
+  np.testing.assert_array_equal(x[~mask], clean[~mask])
+  np.testing.assert_array_equal(
+      evaluate.mix(poisoned, clean, ratio=0.3, seed=1)[1], mask)
+  assert evaluate.mix(poisoned, clean, ratio=0.0)[1].sum() == 0
+  with pytest.raises(ValueError, match="poison_ratio"):
+    evaluate.mix(poisoned, clean, ratio=1.1)
+
+
+def test_evaluate_arrays_checks_its_sets(digits):
+  x, y = digits
+  with pytest.raises(ValueError, match="must contain 'clean'"):
+    evaluate.evaluate_arrays({"poisoned": (x, y)}, (x, y))
+  with pytest.raises(ValueError, match="'poisoned' must match"):
+    evaluate.evaluate_arrays({"clean": (x, y), "poisoned": (x, y[::-1])},
+                             (x, y))
+  with pytest.raises(ValueError, match="seeds"):
+    evaluate.evaluate_arrays({"clean": (x, y)}, (x, y), seeds=0)
+
+
+def test_format_table_lists_every_run():
+  stats = {"mean": 0.5, "std": 0.1}
+  report = {"results": {"cnn": {"none": {
+      "clean": {"peak": stats, "final": stats},
+      "poisoned": {"peak": stats, "final": stats,
+                   "drop": {"peak": 0.25, "final": 0.125}}}}}}
+  lines = evaluate.format_table(report).splitlines()
+  assert lines[0].split()[:3] == ["victim", "defense", "train"]
+  assert "50.00 ± 10.00" in lines[2] and lines[2].rstrip().endswith("-")
+  assert lines[3].split()[-2:] == ["25.00", "12.50"]
+
+
+def test_plots_write_pngs(tmp_path):
+  curves = {"clean": {"train_accuracy": [[0.5, 0.9]] * 2,
+                      "test_accuracy": [[0.4, 0.8], [0.5, 0.7]]},
+            "poisoned": {"train_accuracy": [0.5, 0.99],
+                         "test_accuracy": [0.3, 0.1]}}
+  p = plots.plot_learning_curves(curves, path=str(tmp_path / "a" / "c.png"))
+  assert pathlib.Path(p).read_bytes()[:8] == PNG_MAGIC
+  clean = np.full((4, 8, 8, 3), 100, np.uint8)
+  noisy = clean + np.uint8(8)
+  labels = np.array([0, 0, 1, 1])
+  p = plots.plot_examples(clean, {"ntga": noisy}, labels,
+                          path=str(tmp_path / "e.png"),
+                          class_names=["cat", "dog"])
+  img = matplotlib.image.imread(p)
+  assert img.shape[0] > 200  # three rows of images
+  with pytest.raises(ValueError, match="shape"):
+    plots.plot_examples(clean, {"ntga": noisy[:2]}, labels,
+                        path=str(tmp_path / "x.png"))
+  idx = plots.pick_examples(np.array([0, 1, 0, 1, 2, 2, 0]), per_class=2)
+  assert len(idx) == 6 and sorted(np.array([0, 1, 0, 1, 2, 2, 0])[idx]) == [
+      0, 0, 1, 1, 2, 2]

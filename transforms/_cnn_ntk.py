@@ -1,0 +1,685 @@
+"""Fast exact NTK of the NTGA CNN surrogate, in pure JAX.
+
+The surrogate (see `kernels.cnn`) is
+
+  depth x [Conv(kh x kw, stride s, SAME, W_std, b_std), ReLU],
+  Flatten, Dense, ..., Dense        (num_dense layers, same W_std, b_std)
+
+in neural-tangents' NTK parameterisation. Its infinite-width NTK, as
+`neural_tangents.stax` computes it, is (a = W_std^2, b = b_std^2, f = kh kw):
+
+* input:   nngp0[i,j,p] = x1[i,p,:] . x2[j,p,:] / C  at every pixel p (only
+           same-position covariances are ever needed: the readout is Flatten,
+           which averages the diagonal, and a conv of a diagonal-spatial
+           kernel only reads diagonal entries); ntk0 = 0.
+* Conv:    nngp' = a/f * box(nngp) + b,  ntk' = a/f * box(ntk) + nngp', with
+           box the (kh, kw) window sum at stride s over the zero-padded
+           ('SAME') map, divided by f whether or not the window overlaps the
+           padding. Self-variances q11, q22 follow the same map per image.
+* ReLU:    r = sqrt(max(q11 q22 - q12^2, 0)), theta = atan2(r, q12),
+           dot = 1/2 - theta / (2 pi),
+           nngp' = r / (2 pi) + dot q12,  ntk' = dot ntk,  q11' = q11 / 2.
+* Flatten: mean over positions.
+* Dense:   nngp' = a nngp + b,  ntk' = nngp' + a ntk.
+
+This module evaluates exactly that, organised for speed on CPU:
+
+* Per-image quantities (self-variances q11, q22 and sqrt(q11 q22)'s factors)
+  are computed once per image, not per pair (`_self_variances`).
+* Pair quantities live in tiles `(ci, H, W, nj)`: `ci` images of x1 against
+  `nj` images of x2, the pair axis `nj` contiguous (vectorised), small enough
+  that a tile's intermediates stay in cache. A `lax.scan` walks the tiles.
+* The first conv's cross-covariance is a separable box sum of the product of
+  the two (pre-padded) images: row sums at stride s (product fused in), then
+  column sums.
+* atan2 is a minimax polynomial in float32 (abs. error < 2.5e-7 on [0, pi];
+  XLA's CPU atan2 is a scalar libm call, ~20 ns), exact `jnp.arctan2` in
+  float64. The half-angle form theta = 2 atan(r / (sqrt(q11 q22) + |q12|))
+  needs one division and no range reduction.
+* The backward pass is hand-written (`jax.custom_vjp`): it recomputes a
+  tile's forward, then propagates the cotangent through ReLU derivatives in
+  closed form, transposed box sums, and contracts the first layer against x1
+  by a reduction over the tile's x1 images, accumulating in a per-x2-tile
+  carry. Only the gradient w.r.t. the second argument is computed by the
+  kernel; the first argument's gradient uses K(x1, x2) = K(x2, x1)^T, and
+  for the self-kernel K(x, x) the cotangent is symmetrised (gK + gK^T), so a
+  single pass gives the full gradient.
+* ReLU derivatives follow nt's conventions where r = 0 (the two inputs
+  exactly aligned): the theta terms contribute nothing. On the diagonal of a
+  self-kernel, r is set to exactly 0 (theta = 0), the exact value, instead
+  of the square root of float rounding noise.
+
+Layouts: images are NHWC. All shapes in docstrings: n1, n2 batch sizes,
+(H, W, C) image, (Hl, Wl) the map after conv layer l.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import List, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_TWO_PI = 2 * math.pi
+# acos(x) ~ sqrt(1 - x) P(x) on [0, 1], minimax: |error| < 1.3e-8 (exact
+# arithmetic), < 2.5e-7 evaluated in float32.
+_ACOS_COEFFS = (1.57079631e+00, -2.14599892e-01, 8.89992629e-02,
+                -5.03127697e-02, 3.13354212e-02, -1.78089023e-02,
+                7.24538158e-03, -1.44145895e-03)
+# Below this, sqrt(q11 q22 - q12^2) counts as 0 for derivatives (nt's
+# `_sqrt` custom JVP uses the squared threshold 1e-30).
+_R_TOL = 1e-15
+
+
+@dataclasses.dataclass(frozen=True)
+class CNNSpec:
+  """The surrogate's architecture, as far as its NTK depends on it.
+
+  Attributes:
+    image_shape: (H, W, C).
+    depth: number of [Conv, ReLU] blocks.
+    filter_shape: (kh, kw).
+    strides: s, in both spatial dimensions.
+    W_std, b_std: weight and bias standard deviations (all layers).
+    num_dense: Dense layers after Flatten (hidden layers + readout).
+  """
+  image_shape: Tuple[int, int, int]
+  depth: int = 2
+  filter_shape: Tuple[int, int] = (5, 5)
+  strides: int = 2
+  W_std: float = math.sqrt(1.76)
+  b_std: float = math.sqrt(0.18)
+  num_dense: int = 3
+
+  def layer_shapes(self) -> List[Tuple[int, int]]:
+    """[(H1, W1), ..., (HL, WL)]: map sizes after each conv layer."""
+    h, w = self.image_shape[:2]
+    out = []
+    for _ in range(self.depth):
+      h, w = -(-h // self.strides), -(-w // self.strides)
+      out.append((h, w))
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Geometry helpers.
+
+
+def _same_pads(size: int, k: int, s: int) -> Tuple[int, int, int]:
+  """(out, lo, hi) of 'SAME' padding, as `lax.padtype_to_pads`."""
+  out = -(-size // s)
+  total = max((out - 1) * s + k - size, 0)
+  return out, total // 2, total - total // 2
+
+
+def _taps(x, k: int, s: int, n: int, axis: int, start: int = 0):
+  """The k strided slices x[start + d :: s][:n] along `axis`, d < k."""
+  return [lax.slice_in_dim(x, start + d, start + d + s * (n - 1) + 1, s, axis)
+          for d in range(k)]
+
+
+def _box(x, axis: int, k: int, s: int):
+  """'SAME' window sum (size k, stride s) along `axis` (pads inside)."""
+  out, lo, hi = _same_pads(x.shape[axis], k, s)
+  cfg = [(0, 0, 0)] * x.ndim
+  cfg[axis] = (lo, hi, 0)
+  xp = lax.pad(x, jnp.zeros((), x.dtype), cfg)
+  return sum(_taps(xp, k, s, out, axis))
+
+
+def _phase_taps(g, axis: int, k: int, s: int, rho: int, n_out: int):
+  """E[a] = sum over d < k, d = rho (mod s), of g[a - (d - rho) / s].
+
+  One phase of a transposed strided window sum: position s a + rho of the
+  (padded) input map receives E[a]. g is zero outside [0, len); a ranges
+  over [0, n_out). Unit-stride slices of an edge-padded g: fusible.
+  """
+  taps = [d for d in range(k) if d % s == rho]
+  if not taps:
+    shape = list(g.shape)
+    shape[axis] = n_out
+    return jnp.zeros(shape, g.dtype)
+  back = (taps[-1] - rho) // s
+  cfg = [(0, 0, 0)] * g.ndim
+  cfg[axis] = (back, max(0, n_out - g.shape[axis]), 0)
+  gp = lax.pad(g, jnp.zeros((), g.dtype), cfg)
+  return sum(lax.slice_in_dim(gp, back - (d - rho) // s,
+                              back - (d - rho) // s + n_out, 1, axis)
+             for d in taps)
+
+
+def _interleave(parts, axis: int):
+  """parts[rho][..., a, ...] -> out[..., s a + rho, ...] (same lengths)."""
+  inter = jnp.stack(parts, axis + 1)
+  shape = list(parts[0].shape)
+  shape[axis] *= len(parts)
+  return inter.reshape(shape)
+
+
+def _box_t(g, axis: int, size: int, k: int, s: int, lo: int):
+  """Transpose of a window sum along `axis` (onto a map of length `size`).
+
+  `y[p] = sum_d xpad[s p + d]` (d < k) with `x = xpad[lo : lo + size]`;
+  returns `x`'s cotangent given `y`'s, `g`: the s phases of `_phase_taps`,
+  interleaved, cropped. No dilating (interior) pad, which XLA:CPU does not
+  fuse.
+  """
+  n_a = -(-(lo + size) // s)
+  inter = _interleave([_phase_taps(g, axis, k, s, rho, n_a)
+                       for rho in range(s)], axis)
+  return lax.slice_in_dim(inter, lo, lo + size, 1, axis)
+
+
+def _fence(x, one):
+  """x / one, `one` a runtime 1: makes XLA materialise x instead of fusing.
+
+  XLA:CPU drops optimisation barriers before fusion and freely duplicates
+  cheap producers into every consumer; a division is "expensive", so it is
+  computed once and stored. Used where recomputation would cost more than
+  one pass over memory.
+  """
+  return x / one
+
+
+def _acos01(x):
+  """acos(x) for x in [0, 1] (float32 polynomial, no division)."""
+  p = _ACOS_COEFFS[-1]
+  for c in _ACOS_COEFFS[-2::-1]:
+    p = p * x + c
+  return jnp.sqrt(1 - x) * p
+
+
+def _theta(q, d, inv_s12):
+  """The angle atan2(sqrt(max(d, 0)), q) between two ReLU inputs.
+
+  Args:
+    q: cross-covariance q12.
+    d: q11 q22 - q12^2, as nt computes it (exactly 0 for aligned inputs).
+    inv_s12: 1 / sqrt(q11 q22) (products of per-image factors).
+
+  float64: `jnp.arctan2`, exactly nt's formula. float32: acos(q / s12) by
+  polynomial (same conditioning near alignment as nt's sqrt(d)), with nt's
+  exact 0 (or pi) where d <= 0.
+  """
+  if q.dtype == jnp.float64:
+    return jnp.arctan2(jnp.sqrt(jnp.maximum(d, 0)), q)
+  x = jnp.minimum(jnp.abs(q) * inv_s12, 1)
+  a = jnp.where(d > 0, _acos01(x), 0)
+  return jnp.where(q >= 0, a, math.pi - a)
+
+
+def _dense(n, t, spec: CNNSpec):
+  a, b = spec.W_std ** 2, spec.b_std ** 2
+  for _ in range(spec.num_dense):
+    n = a * n + b
+    t = n + a * t
+  return t
+
+
+# ----------------------------------------------------------------------------
+# Per-image quantities.
+
+
+def _self_variances(x, spec: CNNSpec) -> List[jnp.ndarray]:
+  """Pre-ReLU self-variances of each conv layer.
+
+  Args:
+    x: (n, H, W, C) images.
+    spec: the architecture.
+
+  Returns:
+    [q_1, ..., q_L], q_l of shape (n, Hl, Wl): nt's `cov1` after conv l.
+  """
+  kh, kw = spec.filter_shape
+  s = spec.strides
+  c = spec.W_std ** 2 / (kh * kw)
+  v = jnp.mean(x * x, -1)
+  out = []
+  for layer in range(spec.depth):
+    if layer:
+      v = v * 0.5  # ReLU: cov' = cov / 2
+    v = c * _box(_box(v, 2, kw, s), 1, kh, s) + spec.b_std ** 2
+    out.append(v)
+  return out
+
+
+# ----------------------------------------------------------------------------
+# One step: nb images of x2 against all na images of x1.
+#
+# Pair arrays have layout (nb, Hl, Wl, na): the x1 images are the minor,
+# vectorised axis (many of them), the step's x2 images the major one (few).
+# Reductions over x1 images are then minor-axis reductions, which XLA fuses
+# with their producers, and a step needs no accumulator carried between
+# steps. Materialised arrays are stacked or reshaped so that no fusion
+# writes in place over a same-shaped operand (XLA:CPU then falls back to
+# scalar code: LLVM's runtime alias check fails for exact aliasing).
+
+
+class _Geometry:
+  """Static sizes of the computation."""
+
+  def __init__(self, spec: CNNSpec):
+    self.spec = spec
+    H, W, _ = spec.image_shape
+    kh, kw = spec.filter_shape
+    s = spec.strides
+    self.H1, self.lo_h, self.hi_h = _same_pads(H, kh, s)
+    self.W1, self.lo_w, self.hi_w = _same_pads(W, kw, s)
+    self.Hp = H + self.lo_h + self.hi_h
+    self.Wp = W + self.lo_w + self.hi_w
+    self.shapes = spec.layer_shapes()
+    self.c = spec.W_std ** 2 / (kh * kw)
+    self.b = spec.b_std ** 2
+
+
+def _sum_minor(x, lanes: int = 32):
+  """Sum over the last axis, fused with the producer of x.
+
+  XLA:CPU rewrites a reduction over more than 32 elements into a
+  reduce-window (which does not fuse, so the summand is materialised). Summing
+  unrolled 32-lane slices first keeps one fusion.
+  """
+  n = x.shape[-1]
+  if n <= lanes:
+    return jnp.sum(x, -1)
+  acc = None
+  for c0 in range(0, n - n % lanes, lanes):
+    part = x[..., c0:c0 + lanes]
+    acc = part if acc is None else acc + part
+  out = jnp.sum(acc, -1)
+  if n % lanes:
+    out = out + jnp.sum(x[..., n - n % lanes:], -1)
+  return out
+
+
+def _mean_positions(x):
+  """Mean over axes 1, 2 of (nb, Hl, Wl, na), fused with x's producer."""
+  h, w = x.shape[1:3]
+  if h * w > 256:
+    return jnp.mean(x, (1, 2))
+  return sum(x[:, i, j] for i in range(h) for j in range(w)) / (h * w)
+
+
+def _stage(one, fn, *args):
+  """fn(*args), computed as its own XLA computation (materialised outputs).
+
+  XLA:CPU fuses greedily: a cheap-looking producer is recomputed inside every
+  consumer (a first-layer row sum inside each of its column-window taps, a
+  ReLU inside each tap of the next conv), and optimisation barriers are
+  removed before fusion. A conditional on a runtime-true predicate, whose
+  branches are both `fn`, is a boundary fusion cannot cross; its outputs are
+  fresh buffers (no in-place writes over an input, which XLA:CPU runs as
+  scalar code).
+  """
+  shapes = jax.eval_shape(fn, *args)
+
+  def never(*_):  # the runtime predicate is always true: keep this cheap
+    return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype),
+                                  shapes)
+  return lax.cond(one > 0, fn, never, *args)
+
+
+def _relu_fwd(q, v1, v2, is1, is2, diag, keep):
+  """r, dot (and 1 / r if `keep`) of a ReLU layer, elementwise."""
+  d = v1 * v2 - q * q
+  if diag is not None:
+    d = jnp.where(diag, 0, d)
+  r = jnp.sqrt(jnp.maximum(d, 0))
+  dot = 0.5 - _theta(q, d, is1 * is2) / _TWO_PI
+  if not keep:
+    return r, dot
+  live = r > _R_TOL
+  return r, dot, jnp.where(live, 1 / jnp.where(live, r, 1), 0)
+
+
+def _step_forward(g: _Geometry, x2p, x1p, v1, v2, is1, is2, diag, one, keep):
+  """Kernel between a step's x2 images and all x1 images.
+
+  Args:
+    g: geometry.
+    x2p: (nb, Hp, Wp, C) zero-padded x2 images of this step.
+    x1p: (Hp, Wp, C, na) zero-padded x1 images, image axis last.
+    v1, is1: per layer (1, Hl, Wl, na): x1 self-variances, 1 / sqrt of them.
+    v2, is2: per layer (nb, Hl, Wl, 1): the same for x2.
+    diag: None, or (nb, 1, 1, na) bool: pairs that are one image (K(x, x)).
+    one: runtime scalar 1 (see `_stage`).
+    keep: also return what the backward pass needs.
+
+  Returns:
+    (nb, na) kernel values K(x1, x2)^T, and per layer, if `keep`,
+    (q, t_in, r, dot, inv_r), each (nb, Hl, Wl, na).
+  """
+  spec = g.spec
+  kh, kw = spec.filter_shape
+  s = spec.strides
+  C = x1p.shape[2]
+
+  def rows_fn(x2p, x1p):
+    rows = None
+    for a2, a1 in zip(_taps(x2p, kw, s, g.W1, 2),
+                      _taps(x1p, kw, s, g.W1, 1)):
+      for ch in range(C):
+        p = a2[..., ch, None] * a1[None, :, :, ch]
+        rows = p if rows is None else rows + p
+    return rows                                            # (nb, Hp, W1, na)
+
+  def layer1_fn(rows, v1, v2, is1, is2, diag):
+    q = (g.c / C) * sum(_taps(rows, kh, s, g.H1, 1)) + g.b
+    return (q,) + _relu_fwd(q, v1, v2, is1, is2, diag, keep)
+
+  def conv_rows_fn(q, t, r, dot):
+    n = r / _TWO_PI + dot * q
+    return _box(n, 2, kw, s), _box(t * dot, 2, kw, s)
+
+  def layer_fn(rn, rt, v1, v2, is1, is2, diag):
+    q = g.c * _box(rn, 1, kh, s) + g.b
+    t = g.c * _box(rt, 1, kh, s) + q
+    return (q, t) + _relu_fwd(q, v1, v2, is1, is2, diag, keep)
+
+  rows = _stage(one, rows_fn, x2p, x1p)
+  out = _stage(one, layer1_fn, rows, v1[0], v2[0], is1[0], is2[0], diag)
+  q, r, dot = out[0], out[1], out[2]
+  t = q
+  res = [(q, t) + tuple(out[1:])]
+  for layer in range(1, spec.depth):
+    rn, rt = _stage(one, conv_rows_fn, q, t, r, dot)
+    out = _stage(one, layer_fn, rn, rt, v1[layer], v2[layer], is1[layer],
+                 is2[layer], diag)
+    q, t, r, dot = out[:4]
+    res.append(tuple(out))
+  n = r / _TWO_PI + dot * q
+  k = _dense(_mean_positions(n), _mean_positions(t * dot), spec)
+  return k, (res if keep else None)
+
+
+def _x1_phases(x1p, s: int, n_h: int, n_w: int):
+  """x1p[s a + rho, s b + sigma, c, i], zero beyond the padded map.
+
+  Returns [rho][sigma] -> (n_h, n_w, C, na).
+  """
+  hp, wp = x1p.shape[:2]
+  x1p = jnp.pad(x1p, ((0, s * n_h - hp), (0, s * n_w - wp), (0, 0), (0, 0)))
+  return [[x1p[rho::s, sigma::s] for sigma in range(s)] for rho in range(s)]
+
+
+def _step_backward(g: _Geometry, x2p, x1p, v1, v2, is1, is2, diag, one, gk):
+  """Gradient of sum(gk * K^T) w.r.t. a step's x2 images.
+
+  Args:
+    g, x2p, x1p, v1, v2, is1, is2, diag, one: as `_step_forward`.
+    gk: (nb, na) cotangent of the step's kernel values (transposed).
+
+  Returns:
+    (nb, H, W, C) gradient through the pair terms, and per layer
+    (nb, Hl, Wl) cotangents of x2's self-variances.
+  """
+  spec = g.spec
+  kh, kw = spec.filter_shape
+  s = spec.strides
+  C = x1p.shape[2]
+  k, res = _step_forward(g, x2p, x1p, v1, v2, is1, is2, diag, one, keep=True)
+  zero = jnp.zeros_like(k)
+  _, dense_vjp = jax.vjp(lambda n, t: _dense(n, t, spec), zero, zero)
+  gnm, gtm = dense_vjp(gk)
+  hl, wl = g.shapes[-1]
+  gn = (gnm / (hl * wl))[:, None, None, :]
+  gt = (gtm / (hl * wl))[:, None, None, :]
+
+  def relu_bwd_fn(gn, gt, q, t_in, r, dot, inv_r, v2):
+    g_t = gt * dot
+    gtr = gt * t_in * inv_r
+    # n = r / 2pi + dot q:  dn/dq = dot,  dn/dq22 = r / (4 pi q22).
+    # t' = t dot:  dt'/dq = t / (2 pi r),  dt'/dq22 = -t q / (4 pi q22 r);
+    # and t itself depends on q (t = box(t_prev) + q, or t = q).
+    g_q = gn * dot + gtr / _TWO_PI + g_t
+    gv2 = _sum_minor((gn * r - gtr * q) / (2 * _TWO_PI)) / v2[..., 0]
+    return g_q, g_t, gv2
+
+  def conv_t_fn(g_q, g_t, hp, lo_h):
+    return (_box_t(g_q, 1, hp, kh, s, lo_h), _box_t(g_t, 1, hp, kh, s, lo_h))
+
+  gv2 = [None] * spec.depth
+  for layer in range(spec.depth - 1, -1, -1):
+    if layer < spec.depth - 1:
+      hp, wp = g.shapes[layer]
+      _, lo_w, _ = _same_pads(wp, kw, s)
+      gh_n, gh_t = gh
+      # Next level's column-window transpose, fused into its consumer.
+      gn = g.c * _box_t(gh_n, 2, wp, kw, s, lo_w)
+      gt = g.c * _box_t(gh_t, 2, wp, kw, s, lo_w)
+    g_q, g_t, gv2[layer] = _stage(one, relu_bwd_fn, gn, gt, *res[layer],
+                                  v2[layer])
+    if layer:
+      hp, _ = g.shapes[layer - 1]
+      _, lo_h, _ = _same_pads(hp, kh, s)
+      gh = _stage(one, functools.partial(conv_t_fn, hp=hp, lo_h=lo_h),
+                  g_q, g_t)
+  # First layer: q = c/C sum_dh rows[s ph + dh] + b on the padded grid, and
+  # rows[hp, pw] = sum_dw,c x2p[hp, s pw + dw, c] x1p[hp, s pw + dw, c]
+  # (t_1 = q_1: g_q includes the ntk path). In phases hp = s a + rho,
+  # wp = s b + sigma of the padded grid (no interleaving of pair arrays):
+  #   grow_rho[a, pw] = c/C sum_{dh = rho} g_q[a - (dh - rho)/s, pw],
+  #   dx2p[s a + rho, s b + sigma, c] =
+  #       sum_i x1p[.., c, i] sum_{dw = sigma} grow_rho[a, b - (dw - sigma)/s, i].
+  n_h = -(-g.Hp // s)
+  n_w = -(-g.Wp // s)
+  grows = _stage(one, lambda g_q: tuple(
+      (g.c / C) * _phase_taps(g_q, 1, kh, s, rho, n_h) for rho in range(s)),
+                 g_q)                                   # s x (nb,n_h,W1,na)
+  x1ph = _x1_phases(x1p, s, n_h, n_w)
+  rows_out = []
+  for rho in range(s):
+    cols_out = []
+    for sigma in range(s):
+      tap = _phase_taps(grows[rho], 2, kw, s, sigma, n_w)  # (nb,n_h,n_w,na)
+      cols_out.append(jnp.stack(
+          [_sum_minor(tap * x1ph[rho][sigma][None, :, :, ch])
+           for ch in range(C)], -1))                     # (nb,n_h,n_w,C)
+    rows_out.append(_interleave(cols_out, 2))
+  gx2p = _interleave(rows_out, 1)                        # (nb,s n_h,s n_w,C)
+  H, W, _ = spec.image_shape
+  return gx2p[:, g.lo_h:g.lo_h + H, g.lo_w:g.lo_w + W], gv2
+
+
+# ----------------------------------------------------------------------------
+# Whole kernels.
+
+
+def _pad_rows(x, multiple: int):
+  extra = -x.shape[0] % multiple
+  if extra:
+    x = jnp.concatenate([x, jnp.zeros((extra,) + x.shape[1:], x.dtype)])
+  return x
+
+
+def _prepare(g: _Geometry, x1, x2, nb: int):
+  """Padded, transposed, tiled operands and per-image factors."""
+  spec = g.spec
+  pad = ((0, 0), (g.lo_h, g.hi_h), (g.lo_w, g.hi_w), (0, 0))
+  x2 = _pad_rows(x2, nb)
+  nB = x2.shape[0] // nb
+  v1 = _self_variances(x1, spec)
+  v2 = _self_variances(x2, spec)
+  tiny = jnp.finfo(x1.dtype).tiny
+  ops = dict(
+      x1p=jnp.transpose(jnp.pad(x1, pad), (1, 2, 3, 0)),     # (Hp,Wp,C,na)
+      v1=[jnp.transpose(v, (1, 2, 0))[None] for v in v1],     # (1,Hl,Wl,na)
+      x2p=jnp.pad(x2, pad).reshape((nB, nb, g.Hp, g.Wp, -1)),
+      v2=[v.reshape((nB, nb) + v.shape[1:] + (1,)) for v in v2])
+  ops["is1"] = [lax.rsqrt(jnp.maximum(v, tiny)) for v in ops["v1"]]
+  ops["is2"] = [lax.rsqrt(jnp.maximum(v, tiny)) for v in ops["v2"]]
+  # A runtime 1 that XLA cannot constant-fold (see `_fence`).
+  ops["one"] = 1 + 0 * x1.reshape(-1)[0]
+  return ops, x2, nB
+
+
+def _diag(symmetric, jt, nb, na):
+  if not symmetric:
+    return None
+  b = jt * nb + jnp.arange(nb)
+  return (b[:, None] == jnp.arange(na)[None, :])[:, None, None, :]
+
+
+def _forward(spec: CNNSpec, x1, x2, symmetric: bool, nb: int):
+  """K(x1, x2): (n1, n2)."""
+  g = _Geometry(spec)
+  n1, n2 = x1.shape[0], x2.shape[0]
+  o, _, nB = _prepare(g, x1, x2, nb)
+
+  def step(args):
+    jt, x2p, v2, is2 = args
+    return _step_forward(g, x2p, o["x1p"], o["v1"], v2, o["is1"], is2,
+                         _diag(symmetric, jt, nb, n1), o["one"], False)[0]
+
+  out = lax.map(step, (jnp.arange(nB), o["x2p"], o["v2"], o["is2"]))
+  return out.reshape(nB * nb, n1)[:n2].T
+
+
+def _grad_x2(spec: CNNSpec, x1, x2, gk, symmetric: bool, nb: int):
+  """sum_ij gk[i, j] dK(x1_i, x2_j) / dx2: (n2, H, W, C)."""
+  g = _Geometry(spec)
+  n1, n2 = x1.shape[0], x2.shape[0]
+  o, x2full, nB = _prepare(g, x1, x2, nb)
+  gkt = _pad_rows(gk.T, nb).reshape(nB, nb, n1)
+
+  def step(args):
+    jt, x2p, v2, is2, gkj = args
+    return _step_backward(g, x2p, o["x1p"], o["v1"], v2, o["is1"], is2,
+                          _diag(symmetric, jt, nb, n1), o["one"], gkj)
+
+  gx2, gv2 = lax.map(step, (jnp.arange(nB), o["x2p"], o["v2"], o["is2"],
+                            gkt))
+  gx2 = gx2.reshape((nB * nb,) + gx2.shape[2:])
+  gv2 = [v.reshape((nB * nb,) + v.shape[2:]) for v in gv2]
+  _, var_vjp = jax.vjp(lambda x: _self_variances(x, spec), x2full)
+  return (gx2 + var_vjp(gv2)[0])[:n2]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _kernel(spec, x1, x2, nb):
+  return _forward(spec, x1, x2, False, nb)
+
+
+def _kernel_fwd(spec, x1, x2, nb):
+  return _forward(spec, x1, x2, False, nb), (x1, x2)
+
+
+def _kernel_bwd(spec, nb, res, gk):
+  x1, x2 = res
+  # K(x1, x2) = K(x2, x1)^T: x1's gradient is x2's with the roles swapped.
+  return (_grad_x2(spec, x2, x1, gk.T, False, nb),
+          _grad_x2(spec, x1, x2, gk, False, nb))
+
+
+_kernel.defvjp(_kernel_fwd, _kernel_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 2))
+def _self_kernel(spec, x, nb):
+  return _forward(spec, x, x, True, nb)
+
+
+def _self_kernel_fwd(spec, x, nb):
+  return _forward(spec, x, x, True, nb), x
+
+
+def _self_kernel_bwd(spec, nb, x, gk):
+  # Both arguments are x: by symmetry of K, one pass with gk + gk^T.
+  return (_grad_x2(spec, x, x, gk + gk.T, True, nb),)
+
+
+_self_kernel.defvjp(_self_kernel_fwd, _self_kernel_bwd)
+
+
+def default_step_size(spec: CNNSpec, n1: int,
+                      budget_bytes: int = 1 << 18) -> int:
+  """x2 images per step so that one (nb, H1, W1, n1) array is ~budget.
+
+  Small steps keep a step's dozen live pair arrays in the L2 cache (measured
+  on a 2 MiB-L2 core: one x2 image per step is fastest for n1 >= 256).
+  """
+  h1, w1 = spec.layer_shapes()[0]
+  per_image = h1 * w1 * max(n1, 1) * 4
+  return int(max(1, min(16, budget_bytes // per_image)))
+
+
+def ntk_fn(spec: CNNSpec, *, step_size=None):
+  """The surrogate's NTK as `k(x1, x2) -> (n1, n2)`.
+
+  Args:
+    spec: the architecture.
+    step_size: x2 images per step (default `default_step_size`).
+
+  Returns:
+    `k(x1 (n1, H, W, C), x2 (n2, H, W, C)) -> (n1, n2)`, differentiable in
+    both arguments (reverse mode, `jax.custom_vjp`). `k(x, x)` with the same
+    array object is the symmetric self-kernel: exact diagonal, one backward
+    pass for the full gradient.
+  """
+  shape = tuple(spec.image_shape)
+
+  def k(x1, x2):
+    for name, x in (("x1", x1), ("x2", x2)):
+      if tuple(x.shape[1:]) != shape:
+        raise ValueError(
+            f"{name} must have shape (n, {', '.join(map(str, shape))}), got "
+            f"{tuple(x.shape)}.")
+    nb = step_size or default_step_size(spec, x1.shape[0])
+    nb = max(1, min(nb, x2.shape[0]))
+    if x1 is x2:
+      return _self_kernel(spec, x1, nb)
+    return _kernel(spec, x1, x2, nb)
+  return k
+
+
+# ----------------------------------------------------------------------------
+# Arithmetic count.
+
+# Per position of a ReLU layer, forward: d = v1 v2 - q^2 (3), r = sqrt(max)
+# (2), x = |q| is1 is2 (3), acos: 7 FMA + sqrt(1 - x) + product (17), sign
+# and alignment selects (3), dot (2), n = r / 2pi + dot q (3), t dot (1).
+_RELU_FWD_FLOPS = 34
+# Backward: 1 / r (2), g_t (1), gt t / r (2), g_q (4), w (4), sum over the
+# x1 images (1).
+_RELU_BWD_FLOPS = 14
+
+
+def flops_per_entry(spec: CNNSpec) -> dict:
+  """Floating-point operations per kernel entry (one x1, x2 pair).
+
+  The count of this algorithm's arithmetic, minimal version: per-image
+  terms (self-variances, their square roots) are not per pair and not
+  counted; a fused multiply-add counts 2, sqrt and division count 1 each;
+  the backward pass is counted without recomputing the forward (which this
+  implementation does: see `ntk_fn`). Zero-padded rows are skipped.
+
+  Args:
+    spec: the architecture.
+
+  Returns:
+    {"forward", "backward", "forward_backward"}: FLOPs per entry.
+  """
+  H, W, C = spec.image_shape
+  kh, kw = spec.filter_shape
+  shapes = [(H, W)] + spec.layer_shapes()
+  h1, w1 = shapes[1]
+  fwd = H * w1 * (2 * kw * C - 1) + h1 * w1 * (kh - 1 + 2)
+  bwd = h1 * w1 * kh + H * w1 * kw + 2 * H * W * C + H * W
+  for layer in range(1, spec.depth + 1):
+    hl, wl = shapes[layer]
+    fwd += hl * wl * _RELU_FWD_FLOPS
+    bwd += hl * wl * _RELU_BWD_FLOPS
+    if layer > 1:
+      hp, wp = shapes[layer - 1]
+      # n and t: row then column window sums, and the affine maps.
+      fwd += 2 * (hp * wl * (kw - 1) + hl * wl * (kh - 1)) + 4 * hl * wl
+      # transposes: each cotangent entry is added into kh, then kw places.
+      bwd += 2 * (hl * wl * kh + hp * wl * kw) + 2 * hp * wp
+  hl, wl = shapes[-1]
+  fwd += 2 * hl * wl
+  return {"forward": float(fwd), "backward": float(bwd),
+          "forward_backward": float(fwd + bwd)}
