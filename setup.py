@@ -45,7 +45,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8", "pytest-xdist>=3"],
+    # tfds.testing imports dill without tensorflow-datasets declaring it.
+    "test": ["pytest>=8", "pytest-xdist>=3", "dill>=0.3.8"],
 }
 
 

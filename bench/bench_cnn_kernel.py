@@ -81,7 +81,8 @@ def _kernel_timings(kernel, m, shape, rng):
   vg = jax.jit(jax.value_and_grad(lambda b, v: jnp.sum(kernel(v, b) * g)))
   entries = m * FLAGS.block / 1e6
   (fw, fc), (bw, bc) = _time(fwd, xv, xb), _time(vg, xb, xv)
-  return {"fwd_us_per_entry": fw / entries, "fwd_cpu_us_per_entry": fc / entries,
+  return {"fwd_us_per_entry": fw / entries,
+          "fwd_cpu_us_per_entry": fc / entries,
           "fwd_bwd_us_per_entry": bw / entries,
           "fwd_bwd_cpu_us_per_entry": bc / entries}
 

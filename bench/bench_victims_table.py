@@ -9,14 +9,14 @@ then trains the `fnn_relu` and `cnn` victims on every training set and
 reports peak clean-test accuracy next to the paper's numbers.
 
   bash dev.sh bench bench_victims_table.py                 # --scale=auto
-  bash dev.sh bench bench_victims_table.py --scale=small   # CPU, ~10-15 min
+  bash dev.sh bench bench_victims_table.py --scale=small   # CPU, < 15 min
   bash dev.sh bench bench_victims_table.py --scale=full    # GPU: paper scale
 
 `--scale=auto` is `full` when TensorFlow or JAX sees a GPU, else `small`.
 Scales (each flag below overrides its value):
 
   small: 1,024 training images, 256 attacker-validation images (other
-         training images), 1,000 test images, blocks of 256, PGD 5 steps,
+         training images), 1,000 test images, blocks of 256, PGD 4 steps,
          10 epochs, 1 seed.
   full:  the reference protocol: 10,000 training images held out as the
          attacker's validation set, the rest poisoned (MNIST 50,000, CIFAR-10
@@ -45,7 +45,7 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 
 SCALES = {
     "small": dict(n_train=1024, n_val=256, n_test=1000, block_size=256,
-                  nb_iter=5, epochs=10, seeds=1),
+                  nb_iter=4, epochs=10, seeds=1),
     "full": dict(n_train=None, n_val=10000, n_test=None, block_size=512,
                  nb_iter=10, epochs=None, seeds=3),
 }

@@ -173,12 +173,12 @@ def evaluate_arrays(train_sets: Mapping[str, Arrays], test: Arrays, *,
         report["settings"][victim] = {"epochs": runs[0].epochs,
                                       "batch_size": runs[0].batch_size,
                                       "learning_rate": runs[0].learning_rate}
-        h = [r.history for r in runs]
+        hist = [r.history for r in runs]
         per_set[name] = {
-            "peak": _stats([x.peak_test_accuracy for x in h]),
-            "final": _stats([x.final_test_accuracy for x in h]),
-            "train_accuracy": [x.train_accuracy for x in h],
-            "test_accuracy": [x.test_accuracy for x in h],
+            "peak": _stats([h.peak_test_accuracy for h in hist]),
+            "final": _stats([h.final_test_accuracy for h in hist]),
+            "train_accuracy": [h.train_accuracy for h in hist],
+            "test_accuracy": [h.test_accuracy for h in hist],
         }
         logging.info("%s/%s/%s: peak %.4f final %.4f", victim, defense.name,
                      name, per_set[name]["peak"]["mean"],
@@ -268,7 +268,6 @@ def load_builder(dataset: str, *, data_dir: str | None = None,
       and cannot be built (or `build=False`).
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  import ntga_tfds  # pylint: disable=g-import-not-at-top,unused-import
   name, _, config = dataset.partition("/")
   try:
     cls = tfds.builder_cls(name)

@@ -36,9 +36,13 @@ def plot_learning_curves(curves: Mapping[str, Mapping[str, Sequence]], *,
   if not curves:
     raise ValueError("plot_learning_curves needs at least one curve set.")
   n = len(curves)
-  fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False,
-                           sharey=True)
-  for ax, (name, c) in zip(axes[0], curves.items()):
+  cols = min(n, 3)
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows),
+                           squeeze=False, sharey=True)
+  for ax in axes.ravel()[n:]:
+    ax.set_visible(False)
+  for ax, (name, c) in zip(axes.ravel(), curves.items()):
     for key, label, color in (("train_accuracy", "Train", "C0"),
                               ("test_accuracy", "Test (clean)", "C1")):
       a = np.atleast_2d(np.asarray(c[key], dtype=float))
@@ -51,7 +55,8 @@ def plot_learning_curves(curves: Mapping[str, Mapping[str, Sequence]], *,
     ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel("Accuracy")
+  for row in axes:
+    row[0].set_ylabel("Accuracy")
   axes[0][0].legend(loc="lower right")
   if title:
     fig.suptitle(title)

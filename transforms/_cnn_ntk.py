@@ -22,32 +22,40 @@ in neural-tangents' NTK parameterisation. Its infinite-width NTK, as
 * Flatten: mean over positions.
 * Dense:   nngp' = a nngp + b,  ntk' = nngp' + a ntk.
 
-This module evaluates exactly that, organised for speed on CPU:
+This module evaluates exactly that (same formulas; in float64 the same
+to ~1e-16), organised for speed on CPU (XLA:CPU):
 
-* Per-image quantities (self-variances q11, q22 and sqrt(q11 q22)'s factors)
-  are computed once per image, not per pair (`_self_variances`).
-* Pair quantities live in tiles `(ci, H, W, nj)`: `ci` images of x1 against
-  `nj` images of x2, the pair axis `nj` contiguous (vectorised), small enough
-  that a tile's intermediates stay in cache. A `lax.scan` walks the tiles.
-* The first conv's cross-covariance is a separable box sum of the product of
-  the two (pre-padded) images: row sums at stride s (product fused in), then
-  column sums.
-* atan2 is a minimax polynomial in float32 (abs. error < 2.5e-7 on [0, pi];
-  XLA's CPU atan2 is a scalar libm call, ~20 ns), exact `jnp.arctan2` in
-  float64. The half-angle form theta = 2 atan(r / (sqrt(q11 q22) + |q12|))
-  needs one division and no range reduction.
-* The backward pass is hand-written (`jax.custom_vjp`): it recomputes a
-  tile's forward, then propagates the cotangent through ReLU derivatives in
-  closed form, transposed box sums, and contracts the first layer against x1
-  by a reduction over the tile's x1 images, accumulating in a per-x2-tile
-  carry. Only the gradient w.r.t. the second argument is computed by the
-  kernel; the first argument's gradient uses K(x1, x2) = K(x2, x1)^T, and
-  for the self-kernel K(x, x) the cotangent is symmetrised (gK + gK^T), so a
-  single pass gives the full gradient.
-* ReLU derivatives follow nt's conventions where r = 0 (the two inputs
-  exactly aligned): the theta terms contribute nothing. On the diagonal of a
-  self-kernel, r is set to exactly 0 (theta = 0), the exact value, instead
-  of the square root of float rounding noise.
+* Per-image quantities (self-variances q11, q22 and 1 / sqrt of them) are
+  computed once per image, not per pair (`_self_variances`, `_prepare`).
+* Only same-position covariances are formed; the kernel between x1 (n1
+  images) and x2 (n2) walks x2 in steps of `nb` images (`lax.map`); a step's
+  pair arrays have layout (nb, Hl, Wl, n1): the x1 images are the minor,
+  vectorised axis, and small steps keep a step's arrays in the L2 cache.
+* The first conv's cross-covariance is a separable window sum of the
+  product of the (pre-padded) images: row sums at stride s with the product
+  fused in, then column sums.
+* theta: float32 uses acos(|q12| / sqrt(q11 q22)) by a minimax polynomial
+  times sqrt(1 - x) (|error| < 2.5e-7; XLA's CPU atan2 / acos are scalar
+  libm calls, ~20 ns each) with 1 / sqrt(q11 q22) a product of per-image
+  factors (no per-pair division), and nt's exact theta = 0 (or pi) where
+  q11 q22 - q12^2 <= 0; float64 uses `jnp.arctan2` as nt does.
+* Stages (`_stage`) are separate XLA computations, so that each ReLU's
+  square root and polynomial are evaluated once per position and stored,
+  instead of being re-fused into each tap of the next window sum.
+* The backward pass is hand-written (`jax.custom_vjp`): per step it
+  recomputes the forward, propagates the cotangent through the ReLUs in
+  closed form and through transposed window sums (in polyphase form: no
+  dilating pads), and contracts the first layer against x1 as a reduction
+  over the x1 images (the minor axis). Steps are independent: nothing is
+  accumulated across them. The kernel computes the gradient w.r.t. its
+  second argument; the first argument's uses K(x1, x2) = K(x2, x1)^T, and
+  for the self-kernel K(x, x) the cotangent is symmetrised (gK + gK^T), so
+  one pass gives the full gradient.
+* ReLU derivatives follow nt's conventions where r = 0 (inputs exactly
+  aligned): the theta terms contribute nothing. On the diagonal of a
+  self-kernel r is set to exactly 0 (theta = 0), the exact value, instead of
+  the square root of float rounding noise (nt's diagonal carries ~1e-5
+  relative noise in float32 for that reason).
 
 Layouts: images are NHWC. All shapes in docstrings: n1, n2 batch sizes,
 (H, W, C) image, (Hl, Wl) the map after conv layer l.
@@ -58,7 +66,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -172,17 +180,6 @@ def _box_t(g, axis: int, size: int, k: int, s: int, lo: int):
   inter = _interleave([_phase_taps(g, axis, k, s, rho, n_a)
                        for rho in range(s)], axis)
   return lax.slice_in_dim(inter, lo, lo + size, 1, axis)
-
-
-def _fence(x, one):
-  """x / one, `one` a runtime 1: makes XLA materialise x instead of fusing.
-
-  XLA:CPU drops optimisation barriers before fusion and freely duplicates
-  cheap producers into every consumer; a division is "expensive", so it is
-  computed once and stored. Used where recomputation would cost more than
-  one pass over memory.
-  """
-  return x / one
 
 
 def _acos01(x):
@@ -464,7 +461,7 @@ def _step_backward(g: _Geometry, x2p, x1p, v1, v2, is1, is2, diag, one, gk):
   # wp = s b + sigma of the padded grid (no interleaving of pair arrays):
   #   grow_rho[a, pw] = c/C sum_{dh = rho} g_q[a - (dh - rho)/s, pw],
   #   dx2p[s a + rho, s b + sigma, c] =
-  #       sum_i x1p[.., c, i] sum_{dw = sigma} grow_rho[a, b - (dw - sigma)/s, i].
+  #       sum_i x1p[.., c, i] sum_{dw = sigma} grow_rho[a, b - (dw-sigma)/s, i].
   n_h = -(-g.Hp // s)
   n_w = -(-g.Wp // s)
   grows = _stage(one, lambda g_q: tuple(
@@ -512,7 +509,7 @@ def _prepare(g: _Geometry, x1, x2, nb: int):
       v2=[v.reshape((nB, nb) + v.shape[1:] + (1,)) for v in v2])
   ops["is1"] = [lax.rsqrt(jnp.maximum(v, tiny)) for v in ops["v1"]]
   ops["is2"] = [lax.rsqrt(jnp.maximum(v, tiny)) for v in ops["v2"]]
-  # A runtime 1 that XLA cannot constant-fold (see `_fence`).
+  # A runtime 1 that XLA cannot constant-fold (see `_stage`).
   ops["one"] = 1 + 0 * x1.reshape(-1)[0]
   return ops, x2, nB
 
@@ -524,25 +521,35 @@ def _diag(symmetric, jt, nb, na):
   return (b[:, None] == jnp.arange(na)[None, :])[:, None, None, :]
 
 
+# x1 images (the vectorised axis) are padded with zero images to a multiple
+# of this: no scalar remainder loops (16 float32 lanes = one AVX-512 vector).
+_LANES = 16
+
+
 def _forward(spec: CNNSpec, x1, x2, symmetric: bool, nb: int):
   """K(x1, x2): (n1, n2)."""
   g = _Geometry(spec)
   n1, n2 = x1.shape[0], x2.shape[0]
+  x1 = _pad_rows(x1, _LANES)
+  na = x1.shape[0]
   o, _, nB = _prepare(g, x1, x2, nb)
 
   def step(args):
     jt, x2p, v2, is2 = args
     return _step_forward(g, x2p, o["x1p"], o["v1"], v2, o["is1"], is2,
-                         _diag(symmetric, jt, nb, n1), o["one"], False)[0]
+                         _diag(symmetric, jt, nb, na), o["one"], False)[0]
 
   out = lax.map(step, (jnp.arange(nB), o["x2p"], o["v2"], o["is2"]))
-  return out.reshape(nB * nb, n1)[:n2].T
+  return out.reshape(nB * nb, na)[:n2, :n1].T
 
 
 def _grad_x2(spec: CNNSpec, x1, x2, gk, symmetric: bool, nb: int):
   """sum_ij gk[i, j] dK(x1_i, x2_j) / dx2: (n2, H, W, C)."""
   g = _Geometry(spec)
-  n1, n2 = x1.shape[0], x2.shape[0]
+  n2 = x2.shape[0]
+  x1 = _pad_rows(x1, _LANES)
+  gk = _pad_rows(gk, _LANES)          # zero cotangent for the padding
+  n1 = x1.shape[0]
   o, x2full, nB = _prepare(g, x1, x2, nb)
   gkt = _pad_rows(gk.T, nb).reshape(nB, nb, n1)
 

@@ -90,8 +90,8 @@ def kernel_fn(surrogate: str, *, image_shape: Sequence[int], num_classes: int,
       on it).
     depth, width, strides: override the paper's defaults (see module doc);
       `strides` applies to the CNN only, `width` to the FNN only.
-    impl: CNN only: "fast" (`_cnn_ntk`, default) or "nt" (neural-tangents'
-      `stax` kernel); both compute the same kernel.
+    impl: "fast" (default: `_cnn_ntk` for the CNN, `_fnn_ntk` for the FNN)
+      or "nt" (neural-tangents' `stax` kernel); both compute the same kernel.
     step_size: CNN "fast" only: x2 images per step of its loop (default: a
       cache-sized choice, `_cnn_ntk.default_step_size`).
 
