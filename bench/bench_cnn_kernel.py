@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import _timing
 from ntga_tfds.transforms import _cnn_ntk
 from ntga_tfds.transforms import kernels
 from ntga_tfds.transforms import ntga
@@ -94,16 +95,7 @@ def _ntga_step_seconds(shape, rng):
   yv = rng.integers(0, 10, FLAGS.val)
   config = ntga.NTGAConfig(eps=8 / 255, t=64.0, surrogate="cnn",
                            nb_iter=FLAGS.ntga_steps)
-  times, last = [], [time.perf_counter()]
-
-  def on_step(i, loss):
-    now = time.perf_counter()
-    times.append(now - last[0])
-    last[0] = now
-
-  ntga.poison_block(x, y, x_val=xv, y_val=yv, key=jax.random.PRNGKey(0),
-                    config=config, num_classes=10, on_step=on_step)
-  return times
+  return _timing.poison_block_step_seconds(x, y, xv, yv, config=config)
 
 
 def main(_):

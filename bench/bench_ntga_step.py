@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import _timing
 from ntga_tfds.transforms import ntga
 
 SHAPES = {"mnist": ((28, 28, 1), 60000), "cifar10": ((32, 32, 3), 50000),
@@ -81,15 +82,7 @@ def main(_):
   peak_gflops = matmul_gflops()
   flops, chunk = step_flops(config, x, y, xv, yv)
 
-  times, last = [], [time.perf_counter()]
-
-  def on_step(i, loss):
-    now = time.perf_counter()
-    times.append(now - last[0])
-    last[0] = now
-
-  ntga.poison_block(x, y, x_val=xv, y_val=yv, key=jax.random.PRNGKey(0),
-                    config=config, num_classes=10, on_step=on_step)
+  times = _timing.poison_block_step_seconds(x, y, xv, yv, config=config)
   step_s = statistics.median(times[1:]) if len(times) > 1 else times[0]
   blocks = math.ceil(full / FLAGS.block)
   result = {

@@ -1,0 +1,27 @@
+"""Helpers shared by the benchmark scripts (run as `python bench/<script>`)."""
+
+import time
+
+import jax
+
+from ntga_tfds.transforms import ntga
+
+
+def poison_block_step_seconds(x, y, x_val, y_val, *, config,
+                              num_classes=10):
+  """Runs `ntga.poison_block` once; wall seconds of each PGD step.
+
+  The first entry includes compilation.
+  """
+  times, last = [], [time.perf_counter()]
+
+  def on_step(i, loss):
+    del i, loss
+    now = time.perf_counter()
+    times.append(now - last[0])
+    last[0] = now
+
+  ntga.poison_block(x, y, x_val=x_val, y_val=y_val,
+                    key=jax.random.PRNGKey(0), config=config,
+                    num_classes=num_classes, on_step=on_step)
+  return times
