@@ -235,6 +235,13 @@ def _check_inputs(x_train, y_train, x_val, y_val, num_classes,
   return _Checked(x, y, xv, yv, num_classes)
 
 
+def _validation_chunks(c: "_Checked", config: NTGAConfig,
+                       n_train: int) -> _Validation:
+  """The checked validation set, on the 8-bit grid, in equal chunks."""
+  chunk = _chunk_size(config, n_train, c.x.shape[1:])
+  return _chunk_validation(pgd.snap(c.x_val)[0], c.y_val, chunk)
+
+
 def _attack(x_float, y, val: _Validation, *, key, config: NTGAConfig,
             num_classes: int, on_step) -> np.ndarray:
   x_clean, x_u8 = pgd.snap(x_float)
@@ -282,8 +289,7 @@ def poison_block(x_block, y_block, *, x_val, y_val, key,
   """
   c = _check_inputs(x_block, y_block, x_val, y_val, num_classes, config)
   _check_key(key)
-  chunk = _chunk_size(config, c.x.shape[0], c.x.shape[1:])
-  val = _chunk_validation(pgd.snap(c.x_val)[0], c.y_val, chunk)
+  val = _validation_chunks(c, config, c.x.shape[0])
   return _attack(c.x, c.y, val, key=key, config=config,
                  num_classes=c.num_classes, on_step=on_step)
 
@@ -316,8 +322,7 @@ def poison(x_train, y_train, *, x_val, y_val, key, config: NTGAConfig,
   c = _check_inputs(x_train, y_train, x_val, y_val, num_classes, config)
   _check_key(key)
   n, bs = c.x.shape[0], config.block_size
-  chunk = _chunk_size(config, min(n, bs), c.x.shape[1:])
-  val = _chunk_validation(pgd.snap(c.x_val)[0], c.y_val, chunk)
+  val = _validation_chunks(c, config, min(n, bs))
   out = np.empty(c.x.shape, np.uint8)
   num_blocks = -(-n // bs)
   for b in range(num_blocks):
@@ -335,8 +340,7 @@ def surrogate_loss(x_block, y_block, *, x_val, y_val, config: NTGAConfig,
   """The validation loss the attack maximises, for training inputs `x_block`."""
   c = _check_inputs(x_block, y_block, x_val, y_val, num_classes, config)
   programs = _programs(_math_key(config), c.num_classes, c.x.shape[1:])
-  chunk = _chunk_size(config, c.x.shape[0], c.x.shape[1:])
-  val = _chunk_validation(c.x_val, c.y_val, chunk)
+  val = _validation_chunks(c, config, c.x.shape[0])
   y1h = jax.nn.one_hot(c.y, c.num_classes, dtype=jnp.float32)
   return float(programs.loss(jnp.asarray(c.x), y1h, val.x, val.y, val.w))
 
