@@ -47,6 +47,12 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # tfds.testing imports dill without tensorflow-datasets declaring it.
     "test": ["pytest>=8", "pytest-xdist>=3", "dill>=0.3.8"],
+    # The `tfds` command line (`tfds build builders/mnist_ntga ...`): in
+    # tensorflow-datasets 4.9.10 it imports apache_beam and mlcroissant at
+    # start-up without declaring them. apache-beam moves protobuf from 7.x to
+    # 6.33, inside tensorflow 2.21's range (>=6.31.1,<8); checked with the
+    # whole test suite. `python -m ntga_tfds.builders build` needs neither.
+    "cli": ["apache-beam>=2.70,<3", "mlcroissant>=1.0,<2"],
 }
 
 

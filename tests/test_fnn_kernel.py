@@ -72,3 +72,25 @@ def test_kernel_fn_fnn_uses_the_fused_kernel():
   fused = _fnn_ntk.ntk(x1.reshape(4, -1), x2.reshape(5, -1), depth=5,
                        W_std=kernels.W_STD, b_std=kernels.B_STD)
   np.testing.assert_array_equal(k(x1, x2), fused)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_fused_fnn_ntk_gradients_in_both_arguments_and_self_kernel(depth):
+  """The hand-written VJP: first argument, second argument, and K(x, x)."""
+  rng = np.random.default_rng(10 + depth)
+  kw = dict(depth=depth, W_std=kernels.W_STD, b_std=kernels.B_STD)
+  with enable_x64():
+    x1, x2 = rng.uniform(size=(7, 30)), rng.uniform(size=(5, 30))
+    w = rng.normal(size=(7, 5))
+    w_self = rng.normal(size=(5, 5))
+    cases = [
+        (lambda a: jnp.sum(w * _fnn_ntk.ntk(a, x2, **kw)),
+         lambda a: jnp.sum(w * _nt_fnn(depth)(a, x2, "ntk")), x1),
+        (lambda a: jnp.sum(w * _fnn_ntk.ntk(x1, a, **kw) ** 2),
+         lambda a: jnp.sum(w * _nt_fnn(depth)(x1, a, "ntk") ** 2), x2),
+        (lambda a: jnp.sum(w_self * _fnn_ntk.ntk(a, a, **kw)),
+         lambda a: jnp.sum(w_self * _nt_fnn(depth)(a, a, "ntk")), x2),
+    ]
+    for ours, ref, at in cases:
+      np.testing.assert_allclose(jax.grad(ours)(at), jax.grad(ref)(at),
+                                 rtol=1e-9, atol=1e-12)
