@@ -27,8 +27,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, NTGA_TFDS_PROGRESS="0", TF_CPP_MIN_LOG_LEVEL="2")
 
 
-def _run(args, **kw):
-  proc = subprocess.run([sys.executable] + args, cwd=REPO, env=ENV,
+def _run(args, *, program=sys.executable, **kw):
+  proc = subprocess.run([program] + args, cwd=REPO, env=ENV,
                         capture_output=True, text=True, timeout=900, **kw)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
   return proc
@@ -70,10 +70,12 @@ def _accuracies(attack_config, x_clean, x_poison, y, x_test, y_test):
 
 
 def test_mnist_build_on_the_command_line_offline(shared_data, tmp_path):
-  """The documented `tfds build` command (through TFDS's own build code)."""
-  _run(["-m", "ntga_tfds.builders", "build", "builders/mnist_ntga",
+  """The documented `tfds build` command, the `tfds` executable itself."""
+  tfds_cli = pathlib.Path(sys.executable).parent / "tfds"
+  _run(["build", "builders/mnist_ntga",
         "--config", "eps76_t64", "--manual_dir", "../shared/data/mnist",
-        "--data_dir", str(tmp_path), "--max_examples_per_split", "1024"])
+        "--data_dir", str(tmp_path), "--max_examples_per_split", "1024"],
+       program=str(tfds_cli))
   ds = tfds.load("mnist_ntga/eps76_t64", split="train", data_dir=tmp_path,
                  download=False)
   assert len(ds) == 1024
@@ -144,3 +146,14 @@ def test_tfds_build_by_path_and_by_name(shared_data, tmp_path, target):
   builder = tfds.builder("mnist_ntga/eps76_t1", data_dir=tmp_path)
   assert builder.is_prepared()
   assert builder.info.splits["train"].num_examples == 48
+
+
+def test_build_without_apache_beam_through_the_module_wrapper(tmp_path):
+  """`python -m ntga_tfds.builders build` runs TFDS's build command (for
+  environments without the `cli` extra's apache_beam and mlcroissant)."""
+  _run(["-m", "ntga_tfds.builders", "build", "builders/digits_random_noise",
+        "--config", "eps76", "--data_dir", str(tmp_path)])
+  builder = tfds.builder("digits_random_noise/eps76", data_dir=tmp_path)
+  assert builder.is_prepared()
+  assert builder.info.splits["train"].num_examples == 1442
+  assert builder.info.splits["test"].num_examples == 355

@@ -28,7 +28,11 @@ CPU performance notes (XLA:CPU, jaxlib 0.5.3), measured on this project's
   input (XLA reuses a dead operand's buffer), the loop is not vectorised:
   the 5-layer pass took 0.19 s in place against 0.02 s out of place.
   `_out_of_place` prevents that buffer reuse; it made the forward kernel
-  0.31 s -> 0.11 s (the Gram matmul alone: 0.09 s).
+  0.31 s -> 0.11 s (the Gram matmul alone: 0.09 s). `_cnn_ntk` avoids the
+  same trap with its stages.
+* The backward pass starts behind an optimisation barrier, so that XLA does
+  not merge its recomputed layers with the forward pass's: merged, every
+  layer's arrays were materialised one by one.
 """
 
 from __future__ import annotations
