@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import _timing
+from ntga_tfds.transforms import kernels
 from ntga_tfds.transforms import ntga
 
 SHAPES = {"mnist": ((28, 28, 1), 60000), "cifar10": ((32, 32, 3), 50000),
@@ -58,10 +59,11 @@ def step_flops(config, x, y, xv, yv):
   """XLA's count of the FLOPs in one compiled step."""
   programs = ntga._programs(ntga._math_key(config), 10, x.shape[1:])
   chunk = ntga._chunk_size(config, x.shape[0], x.shape[1:])
-  val = ntga._chunk_validation(xv, yv, chunk)
+  val = ntga._chunk_validation(
+      xv, yv, chunk, form=kernels.gram_form(config.surrogate))
   y1h = jax.nn.one_hot(y, 10)
-  lowered = programs.step.lower(x, x, y1h, val.x, val.y, val.w,
-                                jnp.float32(0.01), jnp.float32(0.03))
+  lowered = programs.step.lower(x, x, y1h, val, jnp.float32(0.01),
+                                jnp.float32(0.03))
   cost = lowered.compile().cost_analysis()
   if isinstance(cost, list):
     cost = cost[0]

@@ -3,11 +3,16 @@
 import math
 
 import jax
+from jax.experimental import enable_x64
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ntga_tfds.transforms import kernels
+from ntga_tfds.transforms import losses
 from ntga_tfds.transforms import ntga
 from ntga_tfds.transforms import pgd
+from ntga_tfds.transforms import predict
 
 KEY = jax.random.PRNGKey(0)
 FAST = ntga.NTGAConfig(eps=16 / 255, t=64.0, nb_iter=4, block_size=48)
@@ -153,7 +158,7 @@ def test_cnn_surrogate_poisons(small):
     (dict(block_size=0), "block_size"), (dict(nb_iter=0), "nb_iter"),
     (dict(surrogate="resnet"), "surrogate"), (dict(loss="hinge"), "loss"),
     (dict(norm="l1"), "norm"), (dict(optimizer="adam"), "optimizer"),
-    (dict(eps_iter=-1.0), "eps_iter"),
+    (dict(eps_iter=-1.0), "eps_iter"), (dict(dtype="float16"), "dtype"),
 ])
 def test_bad_config_raises(kwargs, name):
   with pytest.raises(ValueError, match=name):
@@ -198,3 +203,55 @@ def test_digits_surrogate_accuracy_falls(digits):
   poisoned = ntga.accuracy(x_p, y_tr[:500], x_te, y_te, config=config)
   assert clean > 0.8
   assert poisoned < clean - 0.05, (clean, poisoned)
+
+
+@pytest.mark.parametrize("surrogate", ["fnn", "cnn"])
+def test_step_gradient_equals_autodiff_of_the_plain_formula(small, surrogate):
+  """The chunked step (FNN: Gram form, one matmul against the whole
+  validation set) returns the loss and gradient of the unchunked formula."""
+  x, y, xv, yv = small
+  config = FAST.replace(surrogate=surrogate, dtype="float64",
+                        val_chunk_size=23)
+  c = ntga._check_inputs(x[:12], y[:12], xv[:70], yv[:70], 10, config)
+  with enable_x64():
+    val = ntga._validation_chunks(c, config, 12)
+    assert val.x.shape[:2] == (4, 18)  # 70 in balanced chunks, 2 padded
+    assert (val.p is None) == (surrogate == "cnn")
+    programs = ntga._programs(ntga._math_key(config), 10, x.shape[1:])
+    x0 = jnp.asarray(pgd.snap(c.x, np.float64)[0])
+    y1h = jax.nn.one_hot(c.y, 10, dtype=jnp.float64)
+    loss, grad = programs.loss_and_grad(x0, y1h, val)
+    kernel = kernels.kernel_fn(surrogate, image_shape=x.shape[1:],
+                               num_classes=10)
+    xv0 = jnp.asarray(pgd.snap(c.x_val, np.float64)[0])
+
+    def plain(x):
+      alpha = predict.mean_weights(kernel(x, x), y1h, t=config.t,
+                                   diag_reg=config.diag_reg)
+      fx = kernel(xv0, x) @ alpha
+      return losses.cross_entropy(fx, c.y_val, jnp.ones(70)) / 70
+
+    want_loss, want_grad = jax.value_and_grad(plain)(x0)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-12)
+  np.testing.assert_allclose(grad, want_grad, rtol=1e-8,
+                             atol=1e-10 * np.abs(want_grad).max())
+
+
+def test_float32_bytes_match_a_float64_run(small):
+  """float32 arithmetic leaves the poisoned bytes as float64 makes them,
+  but for rare pixels whose gradient sign is a rounding error."""
+  x, y, xv, yv = small
+  kw = dict(x_val=xv, y_val=yv, key=KEY)
+  for surrogate in ("fnn", "cnn"):
+    config = FAST.replace(surrogate=surrogate, nb_iter=6)
+    a = ntga.poison_block(x[:48], y[:48], config=config, **kw)
+    b = ntga.poison_block(x[:48], y[:48],
+                          config=config.replace(dtype="float64"), **kw)
+    assert b.dtype == np.uint8
+    assert np.mean(a == b) > 0.999, surrogate
+    config64 = config.replace(dtype="float64")
+    loss_a = ntga.surrogate_loss(a, y[:48], x_val=xv, y_val=yv,
+                                 config=config64)
+    loss_b = ntga.surrogate_loss(b, y[:48], x_val=xv, y_val=yv,
+                                 config=config64)
+    assert abs(loss_a - loss_b) < 1e-4 * abs(loss_b), surrogate

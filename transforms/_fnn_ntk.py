@@ -14,10 +14,16 @@ Recursion (q: per-example variance, g: cross-covariance, k: NTK):
           k <- k * 4 r / pi,  g <- 2/pi atan(2 g r),
           q <- 2/pi atan(q / sqrt(q + 1/4))
 
-The backward pass is written out too (`jax.custom_vjp`): it recomputes the
-layers from the saved Gram matrix, runs the recursion backwards in one fused
-pass per layer, and ends in the two matmuls against the inputs; per-example
-terms go through `jax.vjp` of the (tiny) variance recursion.
+The kernel is split at the Gram matrix: `ntk_from_gram(c0, p1, p2)` is the
+elementwise part, from `c0 = gram(x1, x2)` and `p = sq_norms(x)`, so that a
+caller can compute the Gram matrix of many pairs in one matmul and the
+per-example terms of fixed inputs once (`ntga` does both for its validation
+set). Its backward pass is written out (`jax.custom_vjp`): it recomputes the
+layers from the saved Gram matrix and runs the recursion backwards in one
+fused pass per layer; per-example terms go through `jax.jvp` of the (tiny)
+variance recursion. The matmuls against the inputs are JAX's own transposes
+of `gram`, so a gradient nobody uses (the validation images') is never
+computed.
 
 CPU performance notes (XLA:CPU, jaxlib 0.5.3), measured on this project's
 2-core machine at (5000, 512) entries, CIFAR-sized inputs:
@@ -72,11 +78,6 @@ def _variances(sq_norms, *, depth, w2, b2):
   return jnp.stack(out)
 
 
-def _per_example(x, *, depth, w2, b2):
-  return _variances(jnp.sum(x * x, axis=-1) / x.shape[-1], depth=depth,
-                    w2=w2, b2=b2)
-
-
 def _layers(c0, a1, a2, *, w2, b2):
   """Forward through the layers from c0 = x1 x2^T / d; keeps each layer."""
   c, k = c0, None
@@ -92,33 +93,39 @@ def _layers(c0, a1, a2, *, w2, b2):
   return k, saved
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _ntk(x1, x2, depth, w2, b2):
-  return _ntk_fwd(x1, x2, depth, w2, b2)[0]
+def sq_norms(x):
+  """`(n,)`: p = |x_i|^2 / d for flat inputs `x (n, d)`."""
+  return jnp.sum(x * x, axis=-1) / x.shape[-1]
 
 
-def _ntk_fwd(x1, x2, depth, w2, b2):
-  gram = x1 @ x2.T
-  c0 = gram / x1.shape[-1]
-  a1 = _per_example(x1, depth=depth, w2=w2, b2=b2)
-  a2 = _per_example(x2, depth=depth, w2=w2, b2=b2)
+def gram(x1, x2):
+  """`(n1, n2)`: c0 = x1 x2^T / d for flat inputs."""
+  return x1 @ x2.T / x1.shape[-1]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _from_gram(c0, p1, p2, depth, w2, b2):
+  a1 = _variances(p1, depth=depth, w2=w2, b2=b2)
+  a2 = _variances(p2, depth=depth, w2=w2, b2=b2)
   k, _ = _layers(c0, a1, a2, w2=w2, b2=b2)
-  return _out_of_place(k, gram), (x1, x2, c0, a1, a2)
+  return _out_of_place(k, c0)
 
 
-def _ntk_bwd(depth, w2, b2, res, k_bar):
+def _from_gram_fwd(c0, p1, p2, depth, w2, b2):
+  return _from_gram(c0, p1, p2, depth, w2, b2), (c0, p1, p2)
+
+
+def _from_gram_bwd(depth, w2, b2, res, k_bar):
   # The barrier keeps XLA from merging this recomputation with the forward
   # pass's (common subexpressions): merged, every layer's arrays would be
   # materialised separately instead of living in two fused passes.
-  x1, x2, c0, a1, a2 = jax.lax.optimization_barrier(res)
-  d = x1.shape[-1]
-  # Per-example chains: a_l = 1 + 2 q_l depends on p0 = |x|^2 / d only, so
-  # its gradient is (d a_l / d p0) times the pair terms, summed over layers
-  # inside the one elementwise pass below (e1, e2), then over pairs.
+  c0, p1, p2 = jax.lax.optimization_barrier(res)
+  # Per-example chains: a_l = 1 + 2 q_l depends on p only, so its gradient
+  # is (d a_l / d p) times the pair terms, summed over layers inside the one
+  # elementwise pass below (e1, e2), then over pairs.
   chain = functools.partial(_variances, depth=depth, w2=w2, b2=b2)
-  p1, p2 = jnp.sum(x1 * x1, -1) / d, jnp.sum(x2 * x2, -1) / d
-  s1 = jax.jvp(chain, (p1,), (jnp.ones_like(p1),))[1]
-  s2 = jax.jvp(chain, (p2,), (jnp.ones_like(p2),))[1]
+  a1, s1 = jax.jvp(chain, (p1,), (jnp.ones_like(p1),))
+  a2, s2 = jax.jvp(chain, (p2,), (jnp.ones_like(p2),))
   _, saved = _layers(c0, a1, a2, w2=w2, b2=b2)
   kb, cb = k_bar, None
   e1 = e2 = None
@@ -141,18 +148,38 @@ def _ntk_bwd(depth, w2, b2, res, k_bar):
     e2 = t2 if e2 is None else e2 + t2
     kb = w2 * kp_bar
     cb = w2 * g_bar
-  c0_bar = _out_of_place(cb, k_bar) / d
-  x1_bar = c0_bar @ x2 + (2 / d) * x1 * jnp.sum(e1, 1)[:, None]
-  x2_bar = c0_bar.T @ x1 + (2 / d) * x2 * jnp.sum(e2, 0)[:, None]
-  return x1_bar, x2_bar
+  return _out_of_place(cb, k_bar), jnp.sum(e1, 1), jnp.sum(e2, 0)
 
 
-_ntk.defvjp(_ntk_fwd, _ntk_bwd)
+_from_gram.defvjp(_from_gram_fwd, _from_gram_bwd)
+
+
+def ntk_from_gram(c0, p1, p2, *, depth: int, W_std: float, b_std: float):
+  """The NTK from its inputs' Gram matrix and squared norms.
+
+  The FNN's NTK sees its inputs only through `c0 = gram(x1, x2)` and
+  `p = sq_norms(x)`. A caller that evaluates many kernels against fixed
+  inputs can compute those terms once (the attack's validation set) or in
+  one large matmul instead of many small ones.
+
+  Args:
+    c0: `(n1, n2)` = x1 x2^T / d.
+    p1: `(n1,)` = |x1_i|^2 / d.
+    p2: `(n2,)` = |x2_j|^2 / d.
+    depth, W_std, b_std: the [Dense, Erf] stack.
+
+  Returns:
+    `(n1, n2)` NTK, differentiable in reverse mode in all three arrays.
+  """
+  return _from_gram(c0, p1, p2, int(depth), float(W_std) ** 2,
+                    float(b_std) ** 2)
 
 
 def ntk(x1, x2, *, depth: int, W_std: float, b_std: float):
   """NTK `(n1, n2)` of `depth` x [Dense, Erf] for `x1 (n1, d)`, `x2 (n2, d)`.
 
-  Differentiable in reverse mode in both inputs.
+  Differentiable in reverse mode in both inputs (the two matmuls against
+  the inputs are JAX's own transposes of `gram`).
   """
-  return _ntk(x1, x2, int(depth), float(W_std) ** 2, float(b_std) ** 2)
+  return ntk_from_gram(gram(x1, x2), sq_norms(x1), sq_norms(x2), depth=depth,
+                       W_std=W_std, b_std=b_std)

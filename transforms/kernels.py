@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax.numpy as jnp
 from neural_tangents import stax
@@ -150,3 +150,49 @@ def kernel_fn(surrogate: str, *, image_shape: Sequence[int], num_classes: int,
       x1, x2 = x1[..., None], x2[..., None]
     return stax_kernel(x1, x2, "ntk")
   return k
+
+
+
+class GramForm(NamedTuple):
+  """A kernel that sees its flattened inputs only through Gram and norms.
+
+  `from_gram(gram(x1, x2), sq_norms(x1), sq_norms(x2))` equals
+  `kernel_fn(...)(x1, x2)` for flat `x1 (n1, d)`, `x2 (n2, d)`.
+  """
+  gram: Callable       # (x1 (n1, d), x2 (n2, d)) -> c0 = x1 x2^T / d
+  sq_norms: Callable   # (x (n, d),) -> p = |x|^2 / d, shape (n,)
+  from_gram: Callable  # (c0 (n1, n2), p1 (n1,), p2 (n2,)) -> ntk (n1, n2)
+
+
+def gram_form(surrogate: str, *, depth: Optional[int] = None
+              ) -> Optional[GramForm]:
+  """The kernel as a function of Gram matrix and squared norms, if it is one.
+
+  The FNN's NTK sees its (flattened) inputs only through `c0 = x1 x2^T / d`
+  and `p = |x|^2 / d`. `ntga` uses this to compute the Gram matrix against
+  the whole validation set in one matmul, and the validation set's norms
+  once, instead of per chunk and per step.
+
+  Args:
+    surrogate: "fnn" or "cnn".
+    depth: as in `kernel_fn`.
+
+  Returns:
+    For "fnn", a `GramForm` of the same kernel as `kernel_fn("fnn", ...)`
+    with `impl="fast"`; None for "cnn", whose kernel has no such form.
+
+  Example:
+
+    >>> form = kernels.gram_form("fnn")
+    >>> k = form.from_gram(form.gram(x1, x2), form.sq_norms(x1),
+    ...                    form.sq_norms(x2))
+  """
+  _checks.choice(surrogate, "surrogate", SURROGATES)
+  if surrogate != "fnn":
+    return None
+  depth = _checks.positive_int(5 if depth is None else depth, "depth")
+
+  def from_gram(c0, p1, p2):
+    return _fnn_ntk.ntk_from_gram(c0, p1, p2, depth=depth, W_std=W_STD,
+                                  b_std=B_STD)
+  return GramForm(_fnn_ntk.gram, _fnn_ntk.sq_norms, from_gram)

@@ -10,9 +10,12 @@ maximise the validation loss. Large training sets are attacked block by block
 
 Per PGD step and block, `k_train_train` and its decomposition are computed
 once, the validation set is streamed through in chunks of `val_chunk_size`
-(so memory does not grow with it), and the whole step -- kernel, loss,
-gradient, update, projection -- is one compiled program, compiled once per
-block shape.
+(so the kernel's memory does not grow with it), and the whole step --
+kernel, loss, gradient, update, projection -- is one compiled program,
+compiled once per block shape. For the FNN, whose kernel is a function of
+Gram matrix and norms (`kernels.gram_form`), the Gram matrix against the
+whole validation set is one matmul per step, and the validation norms are
+computed once per run.
 
 Example:
 
@@ -25,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -45,6 +49,7 @@ from ntga_tfds.transforms import predict as predict_lib
 # images per chunk at block 512, measured fastest on CPU (2,000-row chunks
 # beat 5,000-row ones by ~5%: the backward's arrays stay in cache).
 _CHUNK_BUDGET = {"fnn": 1 << 20, "cnn": 1 << 23}
+DTYPES = ("float32", "float64")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +74,9 @@ class NTGAConfig:
     val_chunk_size: validation examples per chunk; default from a memory
       budget.
     depth, width, strides: surrogate overrides (default: the paper's).
+    dtype: "float32" (default) or "float64", the attack's arithmetic;
+      float64 is for checking what float32 changes (it runs under
+      `jax.experimental.enable_x64`, at a fraction of the speed).
   """
   eps: float = 8 / 255
   t: float = 64.0
@@ -85,6 +93,7 @@ class NTGAConfig:
   depth: Optional[int] = None
   width: Optional[int] = None
   strides: Optional[int] = None
+  dtype: str = "float32"
 
   def __post_init__(self):
     set_ = functools.partial(object.__setattr__, self)
@@ -94,6 +103,7 @@ class NTGAConfig:
     _checks.choice(self.loss, "loss", losses.LOSSES)
     _checks.choice(self.norm, "norm", pgd.NORMS)
     _checks.choice(self.optimizer, "optimizer", pgd.OPTIMIZERS)
+    _checks.choice(self.dtype, "dtype", DTYPES)
     _checks.positive_int(self.nb_iter, "nb_iter")
     _checks.positive_int(self.block_size, "block_size")
     if self.eps_iter is not None and not (
@@ -118,10 +128,11 @@ class NTGAConfig:
 
 
 class _Programs(NamedTuple):
-  step: Callable      # (x, x_clean, y1h, xv, yv, wv, step, eps) -> (x, loss)
+  step: Callable      # (x, x_clean, y1h, val, step, eps) -> (x, loss)
   loss: Callable      # (x, y1h, xv, yv, wv) -> loss
   weights: Callable   # (x_train, y1h) -> alpha
   apply: Callable     # (x_test, x_train, alpha) -> fx_test
+  loss_and_grad: Callable  # (x, y1h, val) -> (loss, d loss / d x)
 
 
 def _math_key(config: NTGAConfig) -> NTGAConfig:
@@ -129,7 +140,7 @@ def _math_key(config: NTGAConfig) -> NTGAConfig:
   return NTGAConfig(surrogate=config.surrogate, loss=config.loss,
                     norm=config.norm, t=config.t, diag_reg=config.diag_reg,
                     depth=config.depth, width=config.width,
-                    strides=config.strides)
+                    strides=config.strides, dtype=config.dtype)
 
 
 @functools.lru_cache(maxsize=16)
@@ -139,6 +150,7 @@ def _programs(key: NTGAConfig, num_classes: int,
       key.surrogate, image_shape=image_shape, num_classes=num_classes,
       depth=key.depth, width=key.width, strides=key.strides)
   loss_fn = losses.get(key.loss)
+  form = kernels.gram_form(key.surrogate, depth=key.depth)
 
   def weights(x, y1h):
     return predict_lib.mean_weights(kernel(x, x), y1h, t=key.t,
@@ -147,8 +159,9 @@ def _programs(key: NTGAConfig, num_classes: int,
   def chunk_loss(x, alpha, xc, yc, wc):
     return loss_fn(kernel(xc, x) @ alpha, yc, wc)
 
-  def loss_and_grad(x, y1h, xv, yv, wv):
-    alpha, weights_vjp = jax.vjp(lambda x: weights(x, y1h), x)
+  def kernel_loss_and_grad(x, alpha, val):
+    # Any kernel: each validation chunk's kernel against the block, with its
+    # gradient, one chunk at a time.
     chunk_vg = jax.value_and_grad(chunk_loss, argnums=(0, 1))
 
     def body(carry, chunk):
@@ -157,29 +170,76 @@ def _programs(key: NTGAConfig, num_classes: int,
       return (gx + dx, galpha + dalpha, total + value), None
 
     init = (jnp.zeros_like(x), jnp.zeros_like(alpha), jnp.zeros((), x.dtype))
-    (gx, galpha, total), _ = jax.lax.scan(body, init, (xv, yv, wv))
+    (gx, galpha, total), _ = jax.lax.scan(body, init, (val.x, val.y, val.w))
+    return gx, galpha, total
+
+  def gram_loss_and_grad(x, alpha, val):
+    # A kernel of Gram matrix and norms: the Gram matrix against the whole
+    # validation set is one matmul (its gradient one more), the validation
+    # norms come precomputed in `val.p`, and only the elementwise part runs
+    # chunk by chunk.
+    xv = val.x.reshape(val.w.size, -1)
+
+    def features(x):
+      xf = x.reshape(x.shape[0], -1)
+      c0 = form.gram(xv, xf).reshape(val.w.shape + (x.shape[0],))
+      return c0, form.sq_norms(xf)
+
+    (c0, px), features_vjp = jax.vjp(features, x)
+
+    def chunk_loss_from_gram(c, px, alpha, pc, yc, wc):
+      return loss_fn(form.from_gram(c, pc, px) @ alpha, yc, wc)
+
+    chunk_vg = jax.value_and_grad(chunk_loss_from_gram, argnums=(0, 1, 2))
+
+    def body(carry, chunk):
+      gpx, galpha, total = carry
+      c, pc, yc, wc = chunk
+      value, (dc, dpx, dalpha) = chunk_vg(c, px, alpha, pc, yc, wc)
+      return (gpx + dpx, galpha + dalpha, total + value), dc
+
+    init = (jnp.zeros_like(px), jnp.zeros_like(alpha), jnp.zeros((), x.dtype))
+    (gpx, galpha, total), dc0 = jax.lax.scan(
+        body, init, (c0, val.p, val.y, val.w))
+    return features_vjp((dc0, gpx))[0], galpha, total
+
+  def loss_and_grad(x, y1h, val):
+    """Mean validation loss and its gradient in x."""
+    alpha, weights_vjp = jax.vjp(lambda x: weights(x, y1h), x)
+    chunked = kernel_loss_and_grad if form is None else gram_loss_and_grad
+    gx, galpha, total = chunked(x, alpha, val)
     gx = gx + weights_vjp(galpha)[0]
-    n_val = jnp.sum(wv)
+    n_val = jnp.sum(val.w)
     return total / n_val, gx / n_val
 
   @jax.jit
-  def step(x, x_clean, y1h, xv, yv, wv, step_size, eps):
-    value, grad = loss_and_grad(x, y1h, xv, yv, wv)
+  def step(x, x_clean, y1h, val, step_size, eps):
+    value, grad = loss_and_grad(x, y1h, val)
     x_next = pgd.ascent_step(x, grad, x_clean, step_size=step_size, eps=eps,
                              norm=key.norm)
     return x_next, value
 
   @jax.jit
-  def loss(x, y1h, xv, yv, wv):
+  def loss(x, y1h, val):
     alpha = weights(x, y1h)
-    per_chunk = jax.lax.map(lambda c: chunk_loss(x, alpha, *c), (xv, yv, wv))
-    return jnp.sum(per_chunk) / jnp.sum(wv)
+    per_chunk = jax.lax.map(lambda c: chunk_loss(x, alpha, *c),
+                            (val.x, val.y, val.w))
+    return jnp.sum(per_chunk) / jnp.sum(val.w)
 
   @jax.jit
   def apply(x_test, x_train, alpha):
     return kernel(x_test, x_train) @ alpha
 
-  return _Programs(step, loss, jax.jit(weights), apply)
+  return _Programs(step, loss, jax.jit(weights), apply,
+                   jax.jit(loss_and_grad))
+
+
+def _precision(config: NTGAConfig):
+  """The context the attack's JAX code runs in: x64 enabled for float64."""
+  if config.dtype == "float64":
+    from jax.experimental import enable_x64  # pylint: disable=g-import-not-at-top
+    return enable_x64()
+  return contextlib.nullcontext()
 
 
 def _chunk_size(config: NTGAConfig, n_train: int, image_shape) -> int:
@@ -198,20 +258,32 @@ class _Validation(NamedTuple):
   x: jnp.ndarray   # (chunks, m, *image_shape)
   y: jnp.ndarray   # (chunks, m)
   w: jnp.ndarray   # (chunks, m): 1 for real examples, 0 for padding
+  p: Optional[jnp.ndarray] = None  # (chunks, m): |x|^2 / d, Gram-form kernels
 
 
-def _chunk_validation(x_val, y_val, chunk: int) -> _Validation:
+@functools.partial(jax.jit, static_argnums=1)
+def _flat_sq_norms(x, sq_norms):
+  """`sq_norms` per image of `x (chunks, m, *image_shape)`: `(chunks, m)`."""
+  return sq_norms(x.reshape(x.shape[:2] + (-1,)))
+
+
+def _chunk_validation(x_val, y_val, chunk: int, *,
+                      form: Optional[kernels.GramForm] = None) -> _Validation:
   """Splits into equal chunks of at most `chunk`, padding by wrapping around
-  with weight 0; chunks are balanced so that padding is < `num_chunks`."""
+  with weight 0; chunks are balanced so that padding is < `num_chunks`.
+  With a Gram-form kernel, also precomputes its per-example norms."""
   n = x_val.shape[0]
   num_chunks = -(-n // min(chunk, n))
   chunk = -(-n // num_chunks)
   idx = np.arange(num_chunks * chunk) % n
   w = (np.arange(num_chunks * chunk) < n).astype(np.float32)
   shape = (num_chunks, chunk)
-  return _Validation(jnp.asarray(x_val[idx].reshape(shape + x_val.shape[1:])),
-                     jnp.asarray(y_val[idx].reshape(shape)),
-                     jnp.asarray(w.reshape(shape)))
+  xv = jnp.asarray(x_val[idx].reshape(shape + x_val.shape[1:]))
+  p = None
+  if form is not None:
+    p = _flat_sq_norms(xv, form.sq_norms)
+  return _Validation(xv, jnp.asarray(y_val[idx].reshape(shape)),
+                     jnp.asarray(w.reshape(shape)), p)
 
 
 class _Checked(NamedTuple):
@@ -242,17 +314,19 @@ def _validation_chunks(c: "_Checked", config: NTGAConfig,
                        n_train: int) -> _Validation:
   """The checked validation set, on the 8-bit grid, in equal chunks."""
   chunk = _chunk_size(config, n_train, c.x.shape[1:])
-  return _chunk_validation(pgd.snap(c.x_val)[0], c.y_val, chunk)
+  return _chunk_validation(
+      pgd.snap(c.x_val, config.dtype)[0], c.y_val, chunk,
+      form=kernels.gram_form(config.surrogate, depth=config.depth))
 
 
 def _attack(x_float, y, val: _Validation, *, key, config: NTGAConfig,
             num_classes: int, on_step) -> np.ndarray:
-  x_clean, x_u8 = pgd.snap(x_float)
+  x_clean, x_u8 = pgd.snap(x_float, config.dtype)
   programs = _programs(_math_key(config), num_classes, x_float.shape[1:])
-  y1h = jax.nn.one_hot(y, num_classes, dtype=jnp.float32)
+  y1h = jax.nn.one_hot(y, num_classes, dtype=config.dtype)
 
   def step_fn(x, x0, step_size, eps):
-    return programs.step(x, x0, y1h, val.x, val.y, val.w, step_size, eps)
+    return programs.step(x, x0, y1h, val, step_size, eps)
 
   x_adv = pgd.ascend(step_fn, x_clean, key=key, eps=config.eps,
                      step_size=config.step_size, nb_iter=config.nb_iter,
@@ -292,9 +366,10 @@ def poison_block(x_block, y_block, *, x_val, y_val, key,
   """
   c = _check_inputs(x_block, y_block, x_val, y_val, num_classes, config)
   _check_key(key)
-  val = _validation_chunks(c, config, c.x.shape[0])
-  return _attack(c.x, c.y, val, key=key, config=config,
-                 num_classes=c.num_classes, on_step=on_step)
+  with _precision(config):
+    val = _validation_chunks(c, config, c.x.shape[0])
+    return _attack(c.x, c.y, val, key=key, config=config,
+                   num_classes=c.num_classes, on_step=on_step)
 
 
 def poison(x_train, y_train, *, x_val, y_val, key, config: NTGAConfig,
@@ -325,16 +400,17 @@ def poison(x_train, y_train, *, x_val, y_val, key, config: NTGAConfig,
   c = _check_inputs(x_train, y_train, x_val, y_val, num_classes, config)
   _check_key(key)
   n, bs = c.x.shape[0], config.block_size
-  val = _validation_chunks(c, config, min(n, bs))
   out = np.empty(c.x.shape, np.uint8)
   num_blocks = -(-n // bs)
-  for b in range(num_blocks):
-    if on_block is not None:
-      on_block(b, num_blocks)
-    sl = slice(b * bs, min(n, (b + 1) * bs))
-    out[sl] = _attack(c.x[sl], c.y[sl], val, key=jax.random.fold_in(key, b),
-                      config=config, num_classes=c.num_classes,
-                      on_step=on_step)
+  with _precision(config):
+    val = _validation_chunks(c, config, min(n, bs))
+    for b in range(num_blocks):
+      if on_block is not None:
+        on_block(b, num_blocks)
+      sl = slice(b * bs, min(n, (b + 1) * bs))
+      out[sl] = _attack(c.x[sl], c.y[sl], val,
+                        key=jax.random.fold_in(key, b), config=config,
+                        num_classes=c.num_classes, on_step=on_step)
   return out
 
 
@@ -343,9 +419,10 @@ def surrogate_loss(x_block, y_block, *, x_val, y_val, config: NTGAConfig,
   """The validation loss the attack maximises, for training inputs `x_block`."""
   c = _check_inputs(x_block, y_block, x_val, y_val, num_classes, config)
   programs = _programs(_math_key(config), c.num_classes, c.x.shape[1:])
-  val = _validation_chunks(c, config, c.x.shape[0])
-  y1h = jax.nn.one_hot(c.y, c.num_classes, dtype=jnp.float32)
-  return float(programs.loss(jnp.asarray(c.x), y1h, val.x, val.y, val.w))
+  with _precision(config):
+    val = _validation_chunks(c, config, c.x.shape[0])
+    y1h = jax.nn.one_hot(c.y, c.num_classes, dtype=config.dtype)
+    return float(programs.loss(jnp.asarray(c.x, config.dtype), y1h, val))
 
 
 def predict(x_train, y_train, x_test, *, config: NTGAConfig,
@@ -362,25 +439,27 @@ def predict(x_train, y_train, x_test, *, config: NTGAConfig,
     chunk_size: test images per kernel evaluation.
 
   Returns:
-    `(m, num_classes)` float32 GP mean outputs; argmax gives the class.
+    `(m, num_classes)` GP mean outputs in `config.dtype`; argmax gives the
+    class.
   """
   x_test_f = _checks.images("x_test", x_test)
   c = _check_inputs(x_train, y_train, x_test_f[:1], np.zeros(1, np.int32),
                     num_classes, config)
   programs = _programs(_math_key(config), c.num_classes, c.x.shape[1:])
-  y1h = jax.nn.one_hot(c.y, c.num_classes, dtype=jnp.float32)
-  x_tr = jnp.asarray(c.x)
-  alpha = programs.weights(x_tr, y1h)
   chunk = chunk_size or _chunk_size(config, c.x.shape[0], c.x.shape[1:])
   chunk = min(chunk, x_test_f.shape[0])
   out = []
-  for start in range(0, x_test_f.shape[0], chunk):
-    xc = x_test_f[start:start + chunk]
-    pad = chunk - xc.shape[0]
-    if pad:  # one compiled shape: pad the last chunk, drop its outputs
-      xc = np.concatenate([xc, x_test_f[:pad]])
-    out.append(np.asarray(programs.apply(jnp.asarray(xc), x_tr, alpha))
-               [:chunk - pad])
+  with _precision(config):
+    y1h = jax.nn.one_hot(c.y, c.num_classes, dtype=config.dtype)
+    x_tr = jnp.asarray(c.x, config.dtype)
+    alpha = programs.weights(x_tr, y1h)
+    for start in range(0, x_test_f.shape[0], chunk):
+      xc = x_test_f[start:start + chunk]
+      pad = chunk - xc.shape[0]
+      if pad:  # one compiled shape: pad the last chunk, drop its outputs
+        xc = np.concatenate([xc, x_test_f[:pad]])
+      fx = programs.apply(jnp.asarray(xc, config.dtype), x_tr, alpha)
+      out.append(np.asarray(fx)[:chunk - pad])
   return np.concatenate(out)
 
 

@@ -77,15 +77,15 @@ def random_start(key, x_clean, *, eps, norm: str):
   return project(x_clean + delta, x_clean, eps=eps, norm=norm)
 
 
-def snap(x: np.ndarray):
-  """Clean images on the 8-bit grid: (float32 u/255, uint8 u), u=round(255x).
+def snap(x: np.ndarray, dtype=np.float32):
+  """Clean images on the 8-bit grid: (u/255 as `dtype`, uint8 u), u=round(255x).
 
   Inputs decoded from uint8 are unchanged; the attack's eps ball is centred
   on the snapped image so that its uint8 output can honour the bound exactly.
   """
   u8 = np.clip(np.rint(np.asarray(x, np.float64) * 255), 0, 255).astype(
       np.uint8)
-  return u8.astype(np.float32) / np.float32(255), u8
+  return u8.astype(dtype) / np.asarray(255, dtype), u8
 
 
 def quantize(x_adv, x_clean_u8: np.ndarray, *, eps: float,

@@ -77,10 +77,23 @@ def _divided_differences(evals, a):
                    (hv[:, None] - hv[None, :]) / safe_gap)
 
 
+def _eigh(k):
+  """`jnp.linalg.eigh` of a symmetric `k`, read once and in row-major order.
+
+  `jnp.linalg.eigh` first symmetrises its input, (k + k^T) / 2, and LAPACK
+  takes it column-major: both made XLA compute the elementwise kernel that
+  produces `k` in transposed order, with strided reads (16 ms of a 110 ms
+  FNN step at block 512). `k` is symmetric here, so LAPACK gets `k^T`,
+  whose column-major layout is `k`'s row-major one, unsymmetrised (it reads
+  one triangle).
+  """
+  return jnp.linalg.eigh(k.T, symmetrize_input=False)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _spectral_apply(k, y, a):
   """h(k) @ y for symmetric k, h(l) = (1 - exp(-a max(l, 0))) / l."""
-  evals, evecs = jnp.linalg.eigh(k)
+  evals, evecs = _eigh(k)
   return evecs @ (_h(evals, a)[:, None] * (evecs.T @ y))
 
 
@@ -88,7 +101,7 @@ def _spectral_apply(k, y, a):
 def _spectral_apply_jvp(a, primals, tangents):
   k, y = primals
   dk, dy = tangents
-  evals, evecs = jnp.linalg.eigh(k)
+  evals, evecs = _eigh(k)
   hv = _h(evals, a)[:, None]
   qty = evecs.T @ y
   out = evecs @ (hv * qty)
