@@ -10,7 +10,9 @@ works like any other TFDS dataset. The builders need only
 `tensorflow_datasets` to be registered (importing this package does not
 import TensorFlow or JAX; the attack's code is imported when a dataset is
 generated). `import ntga_tfds.transforms` -- the pure-JAX attacks -- works
-as well and shares the package.
+as well and shares the package. Importing it sets
+`TF_FORCE_GPU_ALLOW_GROWTH=true` unless already set, so that on a GPU
+TensorFlow leaves the memory to JAX's attack.
 
 Modules: `sources` (clean data, online or offline), `configs` (builder
 configs and their name grammar), `generation` (blocks, validation folds,
@@ -19,6 +21,15 @@ checkpoints, statistics), `dataset_builder` (the base of every builder).
 
 import importlib as _importlib
 import importlib.resources as _resources
+import os as _os
+
+# On a machine with a GPU, the attack (JAX) and the data plumbing
+# (TensorFlow: TFDS's source builders, tf.data) share one process during a
+# build. TensorFlow by default takes nearly all GPU memory when it first
+# touches the GPU, before JAX asks for any; with growth on, it takes only
+# what it uses. setdefault: a value the user set wins. Keras victims keep
+# the GPU (nothing is hidden from TensorFlow).
+_os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 __version__ = "0.1.0"
 

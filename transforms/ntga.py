@@ -287,11 +287,13 @@ def _chunk_validation(x_val, y_val, chunk: int, *,
 
 
 class _Checked(NamedTuple):
-  x: np.ndarray
+  x: np.ndarray        # float32 in [0, 1]
   y: np.ndarray
   x_val: np.ndarray
   y_val: np.ndarray
   num_classes: int
+  x_in: np.ndarray     # the images as given (uint8 or float), for `pgd.snap`
+  x_val_in: np.ndarray
 
 
 def _check_inputs(x_train, y_train, x_val, y_val, num_classes,
@@ -307,7 +309,8 @@ def _check_inputs(x_train, y_train, x_val, y_val, num_classes,
                      images_name="x_train", num_classes=num_classes)
   yv = _checks.labels("y_val", y_val, num_examples=xv.shape[0],
                       images_name="x_val", num_classes=num_classes)
-  return _Checked(x, y, xv, yv, num_classes)
+  return _Checked(x, y, xv, yv, num_classes, np.asarray(x_train),
+                  np.asarray(x_val))
 
 
 def _validation_chunks(c: "_Checked", config: NTGAConfig,
@@ -315,14 +318,14 @@ def _validation_chunks(c: "_Checked", config: NTGAConfig,
   """The checked validation set, on the 8-bit grid, in equal chunks."""
   chunk = _chunk_size(config, n_train, c.x.shape[1:])
   return _chunk_validation(
-      pgd.snap(c.x_val, config.dtype)[0], c.y_val, chunk,
+      pgd.snap(c.x_val_in, config.dtype)[0], c.y_val, chunk,
       form=kernels.gram_form(config.surrogate, depth=config.depth))
 
 
-def _attack(x_float, y, val: _Validation, *, key, config: NTGAConfig,
+def _attack(x_in, y, val: _Validation, *, key, config: NTGAConfig,
             num_classes: int, on_step) -> np.ndarray:
-  x_clean, x_u8 = pgd.snap(x_float, config.dtype)
-  programs = _programs(_math_key(config), num_classes, x_float.shape[1:])
+  x_clean, x_u8 = pgd.snap(x_in, config.dtype)
+  programs = _programs(_math_key(config), num_classes, x_in.shape[1:])
   y1h = jax.nn.one_hot(y, num_classes, dtype=config.dtype)
 
   def step_fn(x, x0, step_size, eps):
@@ -368,7 +371,7 @@ def poison_block(x_block, y_block, *, x_val, y_val, key,
   _check_key(key)
   with _precision(config):
     val = _validation_chunks(c, config, c.x.shape[0])
-    return _attack(c.x, c.y, val, key=key, config=config,
+    return _attack(c.x_in, c.y, val, key=key, config=config,
                    num_classes=c.num_classes, on_step=on_step)
 
 
@@ -408,7 +411,7 @@ def poison(x_train, y_train, *, x_val, y_val, key, config: NTGAConfig,
       if on_block is not None:
         on_block(b, num_blocks)
       sl = slice(b * bs, min(n, (b + 1) * bs))
-      out[sl] = _attack(c.x[sl], c.y[sl], val,
+      out[sl] = _attack(c.x_in[sl], c.y[sl], val,
                         key=jax.random.fold_in(key, b), config=config,
                         num_classes=c.num_classes, on_step=on_step)
   return out

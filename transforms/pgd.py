@@ -80,9 +80,13 @@ def random_start(key, x_clean, *, eps, norm: str):
 def snap(x: np.ndarray, dtype=np.float32):
   """Clean images on the 8-bit grid: (u/255 as `dtype`, uint8 u), u=round(255x).
 
-  Inputs decoded from uint8 are unchanged; the attack's eps ball is centred
-  on the snapped image so that its uint8 output can honour the bound exactly.
+  Inputs decoded from uint8 are unchanged (uint8 input is taken as it is);
+  the attack's eps ball is centred on the snapped image so that its uint8
+  output can honour the bound exactly.
   """
+  x = np.asarray(x)
+  if x.dtype == np.uint8:
+    return x.astype(dtype) / np.asarray(255, dtype), x
   u8 = np.clip(np.rint(np.asarray(x, np.float64) * 255), 0, 255).astype(
       np.uint8)
   return u8.astype(dtype) / np.asarray(255, dtype), u8
