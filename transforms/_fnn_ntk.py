@@ -18,10 +18,11 @@ The kernel is split at the Gram matrix: `ntk_from_gram(c0, p1, p2)` is the
 elementwise part, from `c0 = gram(x1, x2)` and `p = sq_norms(x)`, so that a
 caller can compute the Gram matrix of many pairs in one matmul and the
 per-example terms of fixed inputs once (`ntga` does both for its validation
-set). Its backward pass is written out (`jax.custom_vjp`): it recomputes the
-layers from the saved Gram matrix and runs the recursion backwards in one
-fused pass per layer; per-example terms go through `jax.jvp` of the (tiny)
-variance recursion. The matmuls against the inputs are JAX's own transposes
+set). Its backward pass is written out (`jax.custom_vjp`): from the saved Gram
+matrix, one pass runs the recursion backwards to the Gram matrix's
+cotangent, and one forward-mode pass per argument gives the norms'
+cotangents (see `_from_gram_bwd` for why, and for how XLA:CPU's fusion
+decisions shaped it). The matmuls against the inputs are JAX's own transposes
 of `gram`, so a gradient nobody uses (the validation images') is never
 computed.
 
@@ -93,6 +94,15 @@ def _layers(c0, a1, a2, *, w2, b2):
   return k, saved
 
 
+def _per_example_arrays(*vectors):
+  """The per-example factors, computed once, before the loops over pairs.
+
+  Left to itself, XLA:CPU fused their (cheap-looking) recursion, atan and
+  all, into every pair's iteration.
+  """
+  return jax.lax.optimization_barrier(vectors)
+
+
 def sq_norms(x):
   """`(n,)`: p = |x_i|^2 / d for flat inputs `x (n, d)`."""
   return jnp.sum(x * x, axis=-1) / x.shape[-1]
@@ -105,8 +115,8 @@ def gram(x1, x2):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _from_gram(c0, p1, p2, depth, w2, b2):
-  a1 = _variances(p1, depth=depth, w2=w2, b2=b2)
-  a2 = _variances(p2, depth=depth, w2=w2, b2=b2)
+  a1, a2 = _per_example_arrays(_variances(p1, depth=depth, w2=w2, b2=b2),
+                               _variances(p2, depth=depth, w2=w2, b2=b2))
   k, _ = _layers(c0, a1, a2, w2=w2, b2=b2)
   return _out_of_place(k, c0)
 
@@ -115,21 +125,11 @@ def _from_gram_fwd(c0, p1, p2, depth, w2, b2):
   return _from_gram(c0, p1, p2, depth, w2, b2), (c0, p1, p2)
 
 
-def _from_gram_bwd(depth, w2, b2, res, k_bar):
-  # The barrier keeps XLA from merging this recomputation with the forward
-  # pass's (common subexpressions): merged, every layer's arrays would be
-  # materialised separately instead of living in two fused passes.
-  c0, p1, p2 = jax.lax.optimization_barrier(res)
-  # Per-example chains: a_l = 1 + 2 q_l depends on p only, so its gradient
-  # is (d a_l / d p) times the pair terms, summed over layers inside the one
-  # elementwise pass below (e1, e2), then over pairs.
-  chain = functools.partial(_variances, depth=depth, w2=w2, b2=b2)
-  a1, s1 = jax.jvp(chain, (p1,), (jnp.ones_like(p1),))
-  a2, s2 = jax.jvp(chain, (p2,), (jnp.ones_like(p2),))
+def _c0_bar(c0, a1, a2, k_bar, *, w2, b2):
+  """The layers' recursion run backwards: the Gram matrix's cotangent."""
   _, saved = _layers(c0, a1, a2, w2=w2, b2=b2)
   kb, cb = k_bar, None
-  e1 = e2 = None
-  for l in reversed(range(depth)):
+  for l in reversed(range(len(saved))):
     g, kp, r, active = saved[l]
     kp_bar = kb * (4 / math.pi) * r
     r_bar = kb * (4 / math.pi) * kp
@@ -142,13 +142,93 @@ def _from_gram_bwd(depth, w2, b2, res, k_bar):
     # r = det^(-1/2), det = a1 a2 - 4 g^2 (constant where clipped).
     det_bar = jnp.where(active, -0.5 * r * r * r * r_bar, 0.0)
     g_bar = g_bar - 8 * g * det_bar
-    t1 = det_bar * a2[l][None, :] * s1[l][:, None]
-    t2 = det_bar * a1[l][:, None] * s2[l][None, :]
-    e1 = t1 if e1 is None else e1 + t1
-    e2 = t2 if e2 is None else e2 + t2
     kb = w2 * kp_bar
     cb = w2 * g_bar
-  return _out_of_place(cb, k_bar), jnp.sum(e1, 1), jnp.sum(e2, 0)
+  return _out_of_place(cb, k_bar)
+
+
+def _norm_tangent(c0, a1, a2, da1, da2, *, w2, b2):
+  """d k / d t for per-example factors moving as a + t da (c0 fixed).
+
+  Forward mode through the same recursion: with da2 = d a / d p2 (da1 =
+  None), entry (i, j) is d k_ij / d p2_j, since k_ij depends on p2 only
+  through p2_j.
+  """
+  c, k, dc, dk = c0, None, None, None
+  for l in range(len(a1)):
+    g = w2 * c + b2
+    dg = None if dc is None else w2 * dc
+    kp = g if k is None else g + w2 * k
+    dkp = dg if dk is None else (w2 * dk if dg is None else dg + w2 * dk)
+    det = a1[l][:, None] * a2[l][None, :] - 4 * g * g
+    ddet = (da1[l][:, None] * a2[l][None, :] if da1 is not None
+            else a1[l][:, None] * da2[l][None, :])
+    if dg is not None:
+      ddet = ddet - 8 * g * dg
+    # det >= 1 + 2 q1 + 2 q2 > 0 (|g| <= sqrt(q1 q2)): never clipped.
+    r = jax.lax.rsqrt(jnp.maximum(det, _TINY))
+    dr = -0.5 * r * r * r * ddet
+    k = kp * (4 / math.pi) * r
+    dk = (4 / math.pi) * (kp * dr if dkp is None else kp * dr + dkp * r)
+    # c = 2/pi atan(u), u = 2 g r; d atan(u) = du / (1 + u^2), and
+    # 1 + u^2 = a1 a2 / det. Written as det * (1 / (a1 a2)): with
+    # `det / outer` (the product shared with `det`), XLA:CPU split the pass
+    # into materialising fusions, 10x slower.
+    u = 2 * g * r
+    du = 2 * g * dr if dg is None else 2 * (g * dr + dg * r)
+    c = (2 / math.pi) * _fastmath.atan(u)
+    dc = (2 / math.pi) * du * (det * (1 / (a1[l][:, None] * a2[l][None, :])))
+  return dk
+
+
+def _from_gram_bwd(depth, w2, b2, res, k_bar):
+  """c0_bar by the recursion run backwards; p1_bar, p2_bar by forward mode.
+
+  k_ij depends on p2 only through p2_j, so one forward-mode pass with the
+  tangent d a / d p2 gives every d k_ij / d p2_j at once, and p2_bar is the
+  column sums of k_bar times it (p1_bar likewise, row sums). Each pass is
+  one elementwise loop over the pairs that recomputes the layers from the
+  saved Gram matrix, 5-10 ns per pair at 2000 x 512 here.
+
+  How XLA:CPU fuses this matters more than the arithmetic. In the backward
+  recursion, the norms' cotangents gave its intermediates several users,
+  and XLA split it into ~25 fusions that each materialised arrays, with the
+  sums fused whole into single-threaded reductions: 96 ms against 9 ms for
+  c0_bar alone. Independent passes were merged again into one slow
+  multi-output fusion (75 ms), so each pass starts behind a barrier that
+  carries the previous pass's result: 16 ms for c0_bar and p2_bar. An
+  unused output (the validation chunks' p1_bar) is dead code, never
+  computed.
+  """
+  kw = dict(w2=w2, b2=b2)
+  chain = functools.partial(_variances, depth=depth, **kw)
+
+  def inputs(after):
+    c0, p1, p2, kb, _ = jax.lax.optimization_barrier((*res, k_bar, after))
+    a1, s1 = jax.jvp(chain, (p1,), (jnp.ones_like(p1),))
+    a2, s2 = jax.jvp(chain, (p2,), (jnp.ones_like(p2),))
+    return (c0, *_per_example_arrays(a1, a2, s1, s2), kb)
+
+  c0, a1, a2, _, _, kb = inputs(0)
+  c0_bar = _c0_bar(c0, a1, a2, kb, **kw)
+  c0, a1, a2, _, s2, kb = inputs(c0_bar)
+  p2_bar = _col_sums(kb * _norm_tangent(c0, a1, a2, None, s2, **kw))
+  c0, a1, a2, s1, _, kb = inputs(p2_bar)
+  p1_bar = _row_sums(kb * _norm_tangent(c0, a1, a2, s1, None, **kw))
+  return c0_bar, p1_bar, p2_bar
+
+
+def _row_sums(e):
+  """`jnp.sum(e, 1)`, as a matmul with a ones matrix (two columns, so that
+  the dot is not strength-reduced back into a reduction, which XLA:CPU
+  would fuse with the pass producing `e` into a single-threaded loop)."""
+  return (e @ jnp.ones((e.shape[1], 2), e.dtype))[:, 0]
+
+
+def _col_sums(e):
+  """`jnp.sum(e, 0)`, likewise (no transpose: XLA would then produce `e`
+  column-major, with strided writes)."""
+  return (jnp.ones((2, e.shape[0]), e.dtype) @ e)[0]
 
 
 _from_gram.defvjp(_from_gram_fwd, _from_gram_bwd)

@@ -192,16 +192,17 @@ def _programs(key: NTGAConfig, num_classes: int,
 
     chunk_vg = jax.value_and_grad(chunk_loss_from_gram, argnums=(0, 1, 2))
 
-    def body(carry, chunk):
-      gpx, galpha, total = carry
-      c, pc, yc, wc = chunk
-      value, (dc, dpx, dalpha) = chunk_vg(c, px, alpha, pc, yc, wc)
-      return (gpx + dpx, galpha + dalpha, total + value), dc
-
-    init = (jnp.zeros_like(px), jnp.zeros_like(alpha), jnp.zeros((), x.dtype))
-    (gpx, galpha, total), dc0 = jax.lax.scan(
-        body, init, (c0, val.p, val.y, val.w))
-    return features_vjp((dc0, gpx))[0], galpha, total
+    # A Python loop (unrolled; a few chunks at the default budget): read
+    # through a scan's dynamic slices and written into its stacked output,
+    # the chunks' fused passes ran unvectorised on XLA:CPU.
+    gpx, galpha, total = 0.0, 0.0, 0.0
+    dc0 = []
+    for i in range(val.w.shape[0]):
+      value, (dc, dpx, dalpha) = chunk_vg(c0[i], px, alpha, val.p[i],
+                                          val.y[i], val.w[i])
+      gpx, galpha, total = gpx + dpx, galpha + dalpha, total + value
+      dc0.append(dc)
+    return features_vjp((jnp.stack(dc0), gpx))[0], galpha, total
 
   def loss_and_grad(x, y1h, val):
     """Mean validation loss and its gradient in x."""
