@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts (run as `python bench/<script>`)."""
 
+import json
 import time
 
 import jax
@@ -38,3 +39,12 @@ def poison_block_step_seconds(x, y, x_val, y_val, *, config,
                     key=jax.random.PRNGKey(0), config=config,
                     num_classes=num_classes, on_step=on_step)
   return times
+
+
+def report(result: dict, *, json_path=None, width: int = 45):
+  """Prints `result` as aligned `key value` lines; also as JSON if asked."""
+  for k, v in result.items():
+    print(f"{k:{width}s} {v}")
+  if json_path:
+    with open(json_path, "w") as f:
+      json.dump(result, f, indent=1)

@@ -15,7 +15,6 @@ extrapolated from the measured step and a second, warm block's overhead
 the last partial block counted as a full one).
 """
 
-import json
 import math
 import resource
 import statistics
@@ -134,11 +133,7 @@ def main(_):
   else:
     result["gflops_reached (XLA count / step_s)"] = round(
         flops / 1e9 / step_s, 1)
-  for k, v in result.items():
-    print(f"{k:45s} {v}")
-  if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
-      json.dump(result, f, indent=1)
+  _timing.report(result, json_path=FLAGS.json, width=45)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ the seconds each took.
 Real data from ../shared/data (offline readers); nothing is downloaded.
 """
 
-import json
 import pathlib
 import time
 
@@ -23,6 +22,7 @@ from absl import flags
 import jax
 import numpy as np
 
+import _timing
 from ntga_tfds import sources
 from ntga_tfds.transforms import ntga
 
@@ -79,11 +79,7 @@ def main(_):
       "seconds_float32 (incl. compile)": round(seconds["float32"], 2),
       "seconds_float64 (incl. compile)": round(seconds["float64"], 2),
   }
-  for k, v in result.items():
-    print(f"{k:50s} {v}")
-  if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
-      json.dump(result, f, indent=1)
+  _timing.report(result, json_path=FLAGS.json, width=50)
 
 
 if __name__ == "__main__":
