@@ -152,7 +152,6 @@ def kernel_fn(surrogate: str, *, image_shape: Sequence[int], num_classes: int,
   return k
 
 
-
 class GramForm(NamedTuple):
   """A kernel that sees its flattened inputs only through Gram and norms.
 

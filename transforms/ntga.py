@@ -129,7 +129,7 @@ class NTGAConfig:
 
 class _Programs(NamedTuple):
   step: Callable      # (x, x_clean, y1h, val, step, eps) -> (x, loss)
-  loss: Callable      # (x, y1h, xv, yv, wv) -> loss
+  loss: Callable      # (x, y1h, val) -> loss
   weights: Callable   # (x_train, y1h) -> alpha
   apply: Callable     # (x_test, x_train, alpha) -> fx_test
   loss_and_grad: Callable  # (x, y1h, val) -> (loss, d loss / d x)
