@@ -152,7 +152,8 @@ def _norm_tangent(c0, a1, a2, da1, da2, *, w2, b2):
 
   Forward mode through the same recursion: with da2 = d a / d p2 (da1 =
   None), entry (i, j) is d k_ij / d p2_j, since k_ij depends on p2 only
-  through p2_j.
+  through p2_j. Written out rather than `jax.jvp` of `_layers`, which XLA
+  compiled into a split pass at 81 ms against 6 ms here (2000 x 512).
   """
   c, k, dc, dk = c0, None, None, None
   for l in range(len(a1)):
