@@ -60,7 +60,7 @@ def step_flops(config, x, y, xv, yv):
   programs = ntga._programs(ntga._math_key(config), 10, x.shape[1:])
   chunk = ntga._chunk_size(config, x.shape[0], x.shape[1:])
   val = ntga._chunk_validation(
-      xv / np.float32(255), yv, chunk,
+      xv, yv, chunk,
       form=kernels.gram_form(config.surrogate))
   x = x / np.float32(255)
   y1h = jax.nn.one_hot(y, 10)

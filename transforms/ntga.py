@@ -268,7 +268,7 @@ def _flat_sq_norms(x, sq_norms):
   return sq_norms(x.reshape(x.shape[:2] + (-1,)))
 
 
-def _chunk_validation(x_val, y_val, chunk: int, *,
+def _chunk_validation(x_val, y_val, chunk: int, *, dtype=np.float32,
                       form: Optional[kernels.GramForm] = None) -> _Validation:
   """Splits into equal chunks of at most `chunk`, padding by wrapping around
   with weight 0; chunks are balanced so that padding is < `num_chunks`.
@@ -279,7 +279,10 @@ def _chunk_validation(x_val, y_val, chunk: int, *,
   idx = np.arange(num_chunks * chunk) % n
   w = (np.arange(num_chunks * chunk) < n).astype(np.float32)
   shape = (num_chunks, chunk)
-  xv = jnp.asarray(x_val[idx].reshape(shape + x_val.shape[1:]))
+  # Gather (only when padding is needed) and snap the images as given:
+  # uint8 gathers move a quarter of the bytes of float32 ones.
+  x_sel = x_val if idx.shape[0] == n else x_val[idx]
+  xv = jnp.asarray(pgd.snap(x_sel, dtype)[0].reshape(shape + x_val.shape[1:]))
   p = None
   if form is not None:
     p = _flat_sq_norms(xv, form.sq_norms)
@@ -319,7 +322,7 @@ def _validation_chunks(c: "_Checked", config: NTGAConfig,
   """The checked validation set, on the 8-bit grid, in equal chunks."""
   chunk = _chunk_size(config, n_train, c.x.shape[1:])
   return _chunk_validation(
-      pgd.snap(c.x_val_in, config.dtype)[0], c.y_val, chunk,
+      c.x_val_in, c.y_val, chunk, dtype=config.dtype,
       form=kernels.gram_form(config.surrogate, depth=config.depth))
 
 
