@@ -614,19 +614,110 @@ def default_step_size(spec: CNNSpec, n1: int,
   return int(max(1, min(16, budget_bytes // per_image)))
 
 
-def ntk_fn(spec: CNNSpec, *, step_size=None):
+# ----------------------------------------------------------------------------
+# The native (C++, XLA FFI) kernel: same formulas, see `_native/cnn_ntk.cc`.
+
+
+def _flat_variances(x, spec: CNNSpec):
+  """(n, S): every conv layer's self-variances, concatenated."""
+  return jnp.concatenate(
+      [v.reshape(v.shape[0], -1) for v in _self_variances(x, spec)], 1)
+
+
+def _ffi_attrs(spec: CNNSpec, symmetric: bool) -> dict:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  kh, kw = spec.filter_shape
+  return dict(depth=np.int64(spec.depth), kh=np.int64(kh), kw=np.int64(kw),
+              stride=np.int64(spec.strides),
+              a=np.float32(spec.W_std ** 2), b=np.float32(spec.b_std ** 2),
+              num_dense=np.int64(spec.num_dense), symmetric=bool(symmetric))
+
+
+def _native_forward(spec, x1, x2, symmetric):
+  out = jax.ShapeDtypeStruct((x1.shape[0], x2.shape[0]), jnp.float32)
+  return jax.ffi.ffi_call("ntga_cnn_ntk", out)(
+      x1, x2, _flat_variances(x1, spec), _flat_variances(x2, spec),
+      **_ffi_attrs(spec, symmetric))
+
+
+def _native_grad_x2(spec, x1, x2, gk, symmetric):
+  """sum_ij gk[i, j] dK(x1_i, x2_j) / dx2, pair terms in C++, the
+  self-variances' chain rule in JAX."""
+  v2, var_vjp = jax.vjp(lambda x: _flat_variances(x, spec), x2)
+  outs = (jax.ShapeDtypeStruct(x2.shape, jnp.float32),
+          jax.ShapeDtypeStruct(v2.shape, jnp.float32))
+  gx2, gv2 = jax.ffi.ffi_call("ntga_cnn_ntk_grad_x2", outs)(
+      x1, x2, _flat_variances(x1, spec), v2, gk.astype(jnp.float32),
+      **_ffi_attrs(spec, symmetric))
+  return gx2 + var_vjp(gv2)[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _native_kernel(spec, x1, x2):
+  return _native_forward(spec, x1, x2, False)
+
+
+def _native_kernel_fwd(spec, x1, x2):
+  return _native_forward(spec, x1, x2, False), (x1, x2)
+
+
+def _native_kernel_bwd(spec, res, gk):
+  x1, x2 = res
+  return (_native_grad_x2(spec, x2, x1, gk.T, False),
+          _native_grad_x2(spec, x1, x2, gk, False))
+
+
+_native_kernel.defvjp(_native_kernel_fwd, _native_kernel_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _native_self_kernel(spec, x):
+  return _native_forward(spec, x, x, True)
+
+
+def _native_self_kernel_fwd(spec, x):
+  return _native_forward(spec, x, x, True), x
+
+
+def _native_self_kernel_bwd(spec, x, gk):
+  return (_native_grad_x2(spec, x, x, gk + gk.T, True),)
+
+
+_native_self_kernel.defvjp(_native_self_kernel_fwd, _native_self_kernel_bwd)
+
+
+def native_available() -> bool:
+  """Whether the C++ kernel can run here: JAX on the CPU, and it builds."""
+  from ntga_tfds.transforms import _native  # pylint: disable=g-import-not-at-top
+  return jax.default_backend() == "cpu" and _native.available("cnn_ntk")
+
+
+IMPLS = ("auto", "native", "jax")
+
+
+def ntk_fn(spec: CNNSpec, *, step_size=None, impl: str = "auto"):
   """The surrogate's NTK as `k(x1, x2) -> (n1, n2)`.
 
   Args:
     spec: the architecture.
-    step_size: x2 images per step (default `default_step_size`).
+    step_size: x2 images per step of the pure-JAX kernel (default
+      `default_step_size`).
+    impl: "native" (the C++ kernel, float32 on the CPU; see `_native`),
+      "jax" (pure JAX, any dtype and device), or "auto": native for float32
+      inputs when JAX runs on the CPU and the kernel builds, else jax.
 
   Returns:
     `k(x1 (n1, H, W, C), x2 (n2, H, W, C)) -> (n1, n2)`, differentiable in
     both arguments (reverse mode, `jax.custom_vjp`). `k(x, x)` with the same
     array object is the symmetric self-kernel: exact diagonal, one backward
     pass for the full gradient.
+
+  Raises:
+    ValueError: a bad `impl`; "native" on float64 inputs.
+    NativeUnavailable: "native" where the kernel cannot be built.
   """
+  if impl not in IMPLS:
+    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}.")
   shape = tuple(spec.image_shape)
 
   def k(x1, x2):
@@ -635,6 +726,16 @@ def ntk_fn(spec: CNNSpec, *, step_size=None):
         raise ValueError(
             f"{name} must have shape (n, {', '.join(map(str, shape))}), got "
             f"{tuple(x.shape)}.")
+    f32 = x1.dtype == jnp.float32 and x2.dtype == jnp.float32
+    if impl == "native" and not f32:
+      raise ValueError(
+          f"impl='native' computes in float32; got {x1.dtype}, {x2.dtype}.")
+    if impl == "native" or (impl == "auto" and f32 and native_available()):
+      from ntga_tfds.transforms import _native  # pylint: disable=g-import-not-at-top
+      _native.ensure_registered("cnn_ntk")
+      if x1 is x2:
+        return _native_self_kernel(spec, x1)
+      return _native_kernel(spec, x1, x2)
     nb = step_size or default_step_size(spec, x1.shape[0])
     nb = max(1, min(nb, x2.shape[0]))
     if x1 is x2:

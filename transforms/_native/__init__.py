@@ -1,0 +1,143 @@
+"""Native CPU kernels: C++ sources compiled on first use, called via XLA FFI.
+
+XLA:CPU runs the CNN surrogate's per-pair kernel passes single-threaded and
+op by op (see `_cnn_ntk`); `cnn_ntk.cc` computes the same formulas in one
+pass per (x2 image, tile of x1 images), on all cores (OpenMP). It is
+compiled here with the system's C++ compiler the first time it is needed,
+for this machine's CPU (`-march=native`), into a cache folder keyed by the
+source, the flags, the compiler and the CPU; later processes load the cached
+library. JAX calls it through `jax.ffi.ffi_call` (CPU only, float32).
+
+Environment:
+  NTGA_TFDS_NATIVE=0: never use native kernels (the pure-JAX kernels run).
+  NTGA_TFDS_CACHE_DIR: the cache folder (default ~/.cache/ntga_tfds).
+  CXX: the compiler (default g++, then c++).
+
+Example:
+
+  >>> from ntga_tfds.transforms import _native
+  >>> if _native.available("cnn_ntk"):
+  ...   _native.ensure_registered("cnn_ntk")  # targets "ntga_cnn_ntk", ...
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from typing import Dict, Optional, Tuple
+
+_HERE = pathlib.Path(__file__).parent
+# name -> (source file, {FFI target name: exported handler symbol}).
+_LIBRARIES: Dict[str, Tuple[str, Dict[str, str]]] = {
+    "cnn_ntk": ("cnn_ntk.cc", {"ntga_cnn_ntk": "NtgaCnnNtk",
+                               "ntga_cnn_ntk_grad_x2": "NtgaCnnNtkGradX2"}),
+}
+_FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp",
+          "-shared", "-fPIC", "-std=c++17", "-w")
+_LOCK = threading.Lock()
+_registered: Dict[str, bool] = {}
+
+
+class NativeUnavailable(RuntimeError):
+  """A native kernel could not be built or loaded (the reason is the text)."""
+
+
+def enabled() -> bool:
+  """False when the environment sets NTGA_TFDS_NATIVE=0."""
+  return os.environ.get("NTGA_TFDS_NATIVE", "1") != "0"
+
+
+def _compiler() -> Optional[str]:
+  for name in (os.environ.get("CXX"), "g++", "c++"):
+    if name and shutil.which(name):
+      return shutil.which(name)
+  return None
+
+
+def _cpu_id() -> str:
+  try:
+    text = pathlib.Path("/proc/cpuinfo").read_text()
+  except OSError:
+    return platform.processor() or platform.machine()
+  for line in text.splitlines():
+    if line.startswith(("model name", "flags")):
+      return line  # model name comes first on x86; flags otherwise
+  return platform.machine()
+
+
+def _cache_dir() -> pathlib.Path:
+  root = os.environ.get("NTGA_TFDS_CACHE_DIR")
+  if root:
+    return pathlib.Path(root)
+  return pathlib.Path.home() / ".cache" / "ntga_tfds"
+
+
+@functools.lru_cache(maxsize=None)
+def library_path(name: str) -> pathlib.Path:
+  """The compiled library for `name`, building it if it is not cached.
+
+  Raises:
+    NativeUnavailable: no compiler, or the build failed (with its output).
+  """
+  import jax.ffi  # pylint: disable=g-import-not-at-top
+  if name not in _LIBRARIES:
+    raise ValueError(f"Unknown native library {name!r}; known: "
+                     f"{sorted(_LIBRARIES)}.")
+  cxx = _compiler()
+  if cxx is None:
+    raise NativeUnavailable("no C++ compiler (g++ or c++) on PATH")
+  src = _HERE / _LIBRARIES[name][0]
+  version = subprocess.run([cxx, "--version"], capture_output=True,
+                           text=True, check=False).stdout.splitlines()[:1]
+  include = jax.ffi.include_dir()
+  digest = hashlib.sha256("\0".join(
+      [src.read_text(), " ".join(_FLAGS), cxx, *version, _cpu_id(),
+       include]).encode()).hexdigest()[:16]
+  out = _cache_dir() / "native" / f"{name}-{digest}.so"
+  if out.exists():
+    return out
+  out.parent.mkdir(parents=True, exist_ok=True)
+  # Build into a temporary file, then rename: concurrent processes (test
+  # workers) never load a half-written library.
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+  os.close(fd)
+  cmd = [cxx, *_FLAGS, f"-I{include}", str(src), "-o", tmp]
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if proc.returncode != 0:
+    os.unlink(tmp)
+    raise NativeUnavailable(
+        f"building {src.name} failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
+  os.replace(tmp, out)
+  return out
+
+
+def available(name: str) -> bool:
+  """Whether `name` is enabled and builds (the result is cached)."""
+  if not enabled():
+    return False
+  try:
+    library_path(name)
+  except NativeUnavailable:
+    return False
+  return True
+
+
+def ensure_registered(name: str) -> None:
+  """Loads `name` and registers its FFI targets for the CPU (once)."""
+  with _LOCK:
+    if _registered.get(name):
+      return
+    import jax.ffi  # pylint: disable=g-import-not-at-top
+    lib = ctypes.cdll.LoadLibrary(str(library_path(name)))
+    for target, symbol in _LIBRARIES[name][1].items():
+      jax.ffi.register_ffi_target(
+          target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    _registered[name] = True
