@@ -624,20 +624,19 @@ def _flat_variances(x, spec: CNNSpec):
       [v.reshape(v.shape[0], -1) for v in _self_variances(x, spec)], 1)
 
 
-def _ffi_attrs(spec: CNNSpec, symmetric: bool) -> dict:
-  import numpy as np  # pylint: disable=g-import-not-at-top
+def _ffi_params(spec: CNNSpec, symmetric: bool):
+  """The architecture as the C++ kernel reads it (see `Params` there)."""
   kh, kw = spec.filter_shape
-  return dict(depth=np.int64(spec.depth), kh=np.int64(kh), kw=np.int64(kw),
-              stride=np.int64(spec.strides),
-              a=np.float32(spec.W_std ** 2), b=np.float32(spec.b_std ** 2),
-              num_dense=np.int64(spec.num_dense), symmetric=bool(symmetric))
+  return jnp.asarray([spec.depth, kh, kw, spec.strides, spec.W_std ** 2,
+                      spec.b_std ** 2, spec.num_dense, float(symmetric)],
+                     jnp.float32)
 
 
 def _native_forward(spec, x1, x2, symmetric):
   out = jax.ShapeDtypeStruct((x1.shape[0], x2.shape[0]), jnp.float32)
   return jax.ffi.ffi_call("ntga_cnn_ntk", out)(
       x1, x2, _flat_variances(x1, spec), _flat_variances(x2, spec),
-      **_ffi_attrs(spec, symmetric))
+      _ffi_params(spec, symmetric))
 
 
 def _native_grad_x2(spec, x1, x2, gk, symmetric):
@@ -648,7 +647,7 @@ def _native_grad_x2(spec, x1, x2, gk, symmetric):
           jax.ShapeDtypeStruct(v2.shape, jnp.float32))
   gx2, gv2 = jax.ffi.ffi_call("ntga_cnn_ntk_grad_x2", outs)(
       x1, x2, _flat_variances(x1, spec), v2, gk.astype(jnp.float32),
-      **_ffi_attrs(spec, symmetric))
+      _ffi_params(spec, symmetric))
   return gx2 + var_vjp(gv2)[0]
 
 

@@ -41,6 +41,7 @@ _LIBRARIES: Dict[str, Tuple[str, Dict[str, str]]] = {
                                "ntga_cnn_ntk_grad_x2": "NtgaCnnNtkGradX2"}),
 }
 _FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp",
+          "-fno-math-errno",
           "-shared", "-fPIC", "-std=c++17", "-w")
 _LOCK = threading.Lock()
 _registered: Dict[str, bool] = {}

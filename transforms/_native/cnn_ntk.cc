@@ -34,6 +34,10 @@ namespace {
 constexpr int kLanes = 16;
 constexpr float kTwoPi = 6.283185307179586f;
 constexpr float kPi = 3.141592653589793f;
+// Multiplications by these replace divisions by 2 pi and 4 pi (vector
+// division is several times the cost of a multiply).
+constexpr float kInvTwoPi = 0.15915494309189535f;
+constexpr float kInvFourPi = 0.07957747154594767f;
 constexpr float kRTol = 1e-15f;
 constexpr float kTiny = 1.17549435e-38f;  // float32 tiny, as jnp.finfo
 
@@ -46,6 +50,8 @@ struct Geometry {
   std::vector<int> voff;         // offsets of layer l in the (n, S) arrays
   int S;
   float dense_gn, dense_gt;      // d K / d (mean n, mean t) of the Dense part
+  // First layer, per padded column wp: the outputs pw whose window holds it.
+  std::vector<int> pw_lo, pw_hi;
 };
 
 void SamePads(int size, int k, int s, int* out, int* lo) {
@@ -89,6 +95,16 @@ Geometry MakeGeometry(int H, int W, int C, int64_t depth, int64_t kh,
   }
   g.dense_gn = gn;
   g.dense_gt = gt;
+  for (int wp = 0; wp < g.Wp; ++wp) {
+    int lo = g.wl[0], hi = -1;
+    for (int pw = 0; pw < g.wl[0]; ++pw)
+      if (wp - g.s * pw >= 0 && wp - g.s * pw < g.kw) {
+        lo = std::min(lo, pw);
+        hi = std::max(hi, pw);
+      }
+    g.pw_lo.push_back(lo);
+    g.pw_hi.push_back(hi);
+  }
   return g;
 }
 
@@ -191,9 +207,13 @@ void PadX2(const Geometry& g, const float* x2j, float* x2p) {
 
 // ReLU layer l, elementwise over positions x lanes: fills r, dot, inv_r and
 // the outputs n = r / 2pi + dot q, tt = t dot.
+// `offdiag[lane]` is 0 where the pair is one image (self-kernel diagonal:
+// exactly aligned inputs, d = 0), else 1. Templated so that the lane loop
+// has no branches (GCC vectorises only straight-line loop bodies).
+template <bool kKeep>
 void Relu(const Geometry& g, int l, Scratch& sc, const float* v1t,
           const float* is1t, const float* v2j, const float* is2j,
-          const bool* diag, bool keep) {
+          const float* offdiag) {
   const int P = g.hl[l] * g.wl[l];
   const float* q = sc.q[l].data();
   const float* t = sc.t[l].data();
@@ -211,16 +231,15 @@ void Relu(const Geometry& g, int l, Scratch& sc, const float* v1t,
     for (int k = 0; k < kLanes; ++k) {
       const int e = p * kLanes + k;
       const float qq = q[e];
-      float d = v1[k] * v2 - qq * qq;
-      if (diag != nullptr && diag[k]) d = 0.f;
+      const float d = (v1[k] * v2 - qq * qq) * offdiag[k];
       const float rr = std::sqrt(std::max(d, 0.f));
       const float x = std::min(std::fabs(qq) * (is1[k] * is2), 1.f);
       const float ac = d > 0.f ? Acos01(x) : 0.f;
       const float th = qq >= 0.f ? ac : kPi - ac;
-      const float dd = 0.5f - th / kTwoPi;
-      n_out[e] = rr / kTwoPi + dd * qq;
+      const float dd = 0.5f - th * kInvTwoPi;
+      n_out[e] = rr * kInvTwoPi + dd * qq;
       tt_out[e] = t[e] * dd;
-      if (keep) {
+      if (kKeep) {
         r[e] = rr;
         dot[e] = dd;
         const bool live = rr > kRTol;
@@ -231,14 +250,21 @@ void Relu(const Geometry& g, int l, Scratch& sc, const float* v1t,
 }
 
 // First conv layer: q_1 = a / (kh kw C) * box(x1 . x2) + b, t_1 = q_1.
+// KW, CC: the (square) filter size and channel count when known at compile
+// time (5 x 5 filters on 1 or 3 channels: their short loops unroll), 0 for
+// the run-time values.
+template <int KW, int CC>
 void Layer1(const Geometry& g, Scratch& sc, const float* x1t) {
-  const int W1 = g.wl[0], H1 = g.hl[0], C = g.C;
+  const int W1 = g.wl[0], H1 = g.hl[0];
+  const int C = CC > 0 ? CC : g.C;
+  const int kw = KW > 0 ? KW : g.kw;
+  const int kh = KW > 0 ? KW : g.kh;
   float* rows = sc.rows.data();
   const float* x2p = sc.x2p.data();
   for (int hp = 0; hp < g.Hp; ++hp) {
     for (int pw = 0; pw < W1; ++pw) {
       float acc[kLanes] = {0};
-      for (int dw = 0; dw < g.kw; ++dw) {
+      for (int dw = 0; dw < kw; ++dw) {
         const int wp = g.s * pw + dw;
         for (int c = 0; c < C; ++c) {
           const float xv = x2p[(hp * g.Wp + wp) * C + c];
@@ -250,13 +276,13 @@ void Layer1(const Geometry& g, Scratch& sc, const float* x1t) {
       std::memcpy(rows + (hp * W1 + pw) * kLanes, acc, sizeof(acc));
     }
   }
-  const float c1 = g.a / (g.kh * g.kw * C);
+  const float c1 = g.a / (kh * kw * C);
   float* q = sc.q[0].data();
   float* t = sc.t[0].data();
   for (int ph = 0; ph < H1; ++ph) {
     for (int pw = 0; pw < W1; ++pw) {
       float acc[kLanes] = {0};
-      for (int dh = 0; dh < g.kh; ++dh) {
+      for (int dh = 0; dh < kh; ++dh) {
         const float* rr = rows + ((g.s * ph + dh) * W1 + pw) * kLanes;
 #pragma omp simd
         for (int k = 0; k < kLanes; ++k) acc[k] += rr[k];
@@ -339,12 +365,12 @@ void BoxSumT(const Geometry& g, int l, const float* gout, float* tmp,
 }
 
 // Forward through all layers for one (x2 image, x1 tile); returns K's lanes.
+template <bool kKeep, int KW, int CC>
 void Forward(const Geometry& g, Scratch& sc, const float* x1t,
              const float* v1t, const float* is1t, const float* v2j,
-             const float* is2j, const bool* diag, bool keep,
-             float* k_out) {
-  Layer1(g, sc, x1t);
-  Relu(g, 0, sc, v1t, is1t, v2j, is2j, diag, keep);
+             const float* is2j, const float* offdiag, float* k_out) {
+  Layer1<KW, CC>(g, sc, x1t);
+  Relu<kKeep>(g, 0, sc, v1t, is1t, v2j, is2j, offdiag);
   for (int l = 1; l < g.depth; ++l) {
     const int P = g.hl[l] * g.wl[l];
     float* q = sc.q[l].data();
@@ -356,7 +382,7 @@ void Forward(const Geometry& g, Scratch& sc, const float* x1t,
       q[e] = c * q[e] + g.b;
       t[e] = c * t[e] + q[e];
     }
-    Relu(g, l, sc, v1t, is1t, v2j, is2j, diag, keep);
+    Relu<kKeep>(g, l, sc, v1t, is1t, v2j, is2j, offdiag);
   }
   const int L = g.depth - 1;
   const int P = g.hl[L] * g.wl[L];
@@ -381,11 +407,12 @@ void Forward(const Geometry& g, Scratch& sc, const float* x1t,
 // Backward for one (x2 image, x1 tile) with K cotangents gk[lanes]:
 // accumulates the first-layer contraction into sc.acc and the x2
 // self-variance cotangents into sc.accv.
+template <int KW, int CC>
 void Backward(const Geometry& g, Scratch& sc, const float* x1t,
               const float* v1t, const float* is1t, const float* v2j,
-              const float* is2j, const bool* diag, const float* gk) {
+              const float* is2j, const float* offdiag, const float* gk) {
   float kk[kLanes];
-  Forward(g, sc, x1t, v1t, is1t, v2j, is2j, diag, true, kk);
+  Forward<true, KW, CC>(g, sc, x1t, v1t, is1t, v2j, is2j, offdiag, kk);
   int L = g.depth - 1;
   int P = g.hl[L] * g.wl[L];
   float* gn = sc.gn.data();
@@ -413,10 +440,10 @@ void Backward(const Geometry& g, Scratch& sc, const float* x1t,
         const int e = p * kLanes + k;
         const float g_t = gtt[e] * dot[e];
         const float gtr = gtt[e] * t_in[e] * inv_r[e];
-        gq[e] = gn[e] * dot[e] + gtr / kTwoPi + g_t;
+        gq[e] = gn[e] * dot[e] + gtr * kInvTwoPi + g_t;
         gt[e] = g_t;
         accv[p * kLanes + k] +=
-            (gn[e] * r[e] - gtr * q[e]) / (2.f * kTwoPi) * inv_v2;
+            (gn[e] * r[e] - gtr * q[e]) * (kInvFourPi * inv_v2);
       }
     }
     if (l > 0) {
@@ -431,12 +458,14 @@ void Backward(const Geometry& g, Scratch& sc, const float* x1t,
   }
   // First layer: q_1[ph, pw] = c1 sum_{dh, dw, ch} x2p x1p at
   // (s ph + dh, s pw + dw) + b; gq holds its cotangent.
-  const int H1 = g.hl[0], W1 = g.wl[0], C = g.C;
+  const int H1 = g.hl[0], W1 = g.wl[0];
+  const int C = CC > 0 ? CC : g.C;
+  const int kh = KW > 0 ? KW : g.kh;
   const float* gq = sc.gq.data();
   float* g1 = sc.g1.data();  // (Hp, W1, lanes): column transpose
   std::fill(g1, g1 + g.Hp * W1 * kLanes, 0.f);
   for (int ph = 0; ph < H1; ++ph)
-    for (int dh = 0; dh < g.kh; ++dh) {
+    for (int dh = 0; dh < kh; ++dh) {
       const int hp = g.s * ph + dh;
       for (int pw = 0; pw < W1; ++pw) {
         const float* src = gq + (ph * W1 + pw) * kLanes;
@@ -448,13 +477,11 @@ void Backward(const Geometry& g, Scratch& sc, const float* x1t,
   float* acc = sc.acc.data();
   for (int hp = 0; hp < g.Hp; ++hp) {
     for (int wp = 0; wp < g.Wp; ++wp) {
-      // pw with 0 <= wp - s pw < kw, 0 <= pw < W1.
-      const int pw_lo = std::max(0, (wp - g.kw + g.s) / g.s);
-      const int pw_hi = std::min(W1 - 1, wp / g.s);
+      // pw with 0 <= wp - s pw < kw, 0 <= pw < W1 (precomputed).
+      const int pw_lo = g.pw_lo[wp], pw_hi = g.pw_hi[wp];
       if (pw_lo > pw_hi) continue;
       float gsum[kLanes] = {0};
       for (int pw = pw_lo; pw <= pw_hi; ++pw) {
-        if (wp - g.s * pw >= g.kw || wp - g.s * pw < 0) continue;
         const float* src = g1 + (hp * W1 + pw) * kLanes;
 #pragma omp simd
         for (int k = 0; k < kLanes; ++k) gsum[k] += src[k];
@@ -467,6 +494,35 @@ void Backward(const Geometry& g, Scratch& sc, const float* x1t,
       }
     }
   }
+}
+
+// The architecture, passed as a float32 buffer (not as FFI attributes: this
+// XLA:CPU tries to parse a custom call's attribute dictionary as a JSON
+// backend config in some programs and aborts):
+// [depth, kh, kw, stride, W_std^2, b_std^2, num_dense, symmetric].
+struct Params {
+  int depth, kh, kw, stride, num_dense;
+  float a, b;
+  bool symmetric;
+};
+
+ffi::Error ReadParams(const ffi::Buffer<ffi::F32>& buf, Params* p) {
+  if (buf.element_count() != 8)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "params must have 8 entries");
+  const float* v = buf.typed_data();
+  p->depth = static_cast<int>(v[0]);
+  p->kh = static_cast<int>(v[1]);
+  p->kw = static_cast<int>(v[2]);
+  p->stride = static_cast<int>(v[3]);
+  p->a = v[4];
+  p->b = v[5];
+  p->num_dense = static_cast<int>(v[6]);
+  p->symmetric = v[7] != 0.f;
+  if (p->depth < 1 || p->kh < 1 || p->kw < 1 || p->stride < 1 ||
+      p->num_dense < 0)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "bad params");
+  return ffi::Error::Success();
 }
 
 struct Sizes {
@@ -499,47 +555,76 @@ void Is2(const Geometry& g, const float* v2j, float* is2) {
     is2[q] = 1.f / std::sqrt(std::max(v2j[q], kTiny));
 }
 
-void DiagMask(bool symmetric, int tile, int j, bool* mask) {
+void OffDiag(bool symmetric, int tile, int j, float* mask) {
   for (int k = 0; k < kLanes; ++k)
-    mask[k] = symmetric && (tile * kLanes + k == j);
+    mask[k] = symmetric && (tile * kLanes + k == j) ? 0.f : 1.f;
 }
+
+template <int KW, int CC>
+void RunKernel(const Geometry& g, const PackedX1& p, const Sizes& sz,
+               const float* x2d, const float* v2d, bool symmetric,
+               float* out);
+template <int KW, int CC>
+void RunGrad(const Geometry& g, const PackedX1& p, const Sizes& sz,
+             const float* x2d, const float* v2d, bool symmetric,
+             const float* gkd, float* gx, float* gv);
+
+// Instances for the common square filters (KW = kh = kw) and channel
+// counts, else the run-time generic one.
+#define DISPATCH(fn, g, ...)                                      \
+  do {                                                            \
+    if ((g).kh == (g).kw && (g).kw == 5 && (g).C == 1) fn<5, 1>((g), __VA_ARGS__);    \
+    else if ((g).kh == (g).kw && (g).kw == 5 && (g).C == 3) fn<5, 3>((g), __VA_ARGS__); \
+    else if ((g).kh == (g).kw && (g).kw == 3 && (g).C == 1) fn<3, 1>((g), __VA_ARGS__); \
+    else if ((g).kh == (g).kw && (g).kw == 3 && (g).C == 3) fn<3, 3>((g), __VA_ARGS__); \
+    else fn<0, 0>((g), __VA_ARGS__);                              \
+  } while (0)
 
 ffi::Error KernelImpl(ffi::Buffer<ffi::F32> x1, ffi::Buffer<ffi::F32> x2,
                       ffi::Buffer<ffi::F32> v1, ffi::Buffer<ffi::F32> v2,
-                      ffi::ResultBuffer<ffi::F32> k_out, int64_t depth,
-                      int64_t kh, int64_t kw, int64_t stride, float a,
-                      float b, int64_t num_dense, bool symmetric) {
-  Sizes sz;
-  ffi::Error err = CheckShapes(x1, x2, v1, v2, &sz);
+                      ffi::Buffer<ffi::F32> params,
+                      ffi::ResultBuffer<ffi::F32> k_out) {
+  Params pr;
+  ffi::Error err = ReadParams(params, &pr);
   if (err.failure()) return err;
-  const Geometry g = MakeGeometry(sz.H, sz.W, sz.C, depth, kh, kw, stride,
-                                  a, b, num_dense);
+  Sizes sz;
+  err = CheckShapes(x1, x2, v1, v2, &sz);
+  if (err.failure()) return err;
+  const Geometry g = MakeGeometry(sz.H, sz.W, sz.C, pr.depth, pr.kh, pr.kw,
+                                  pr.stride, pr.a, pr.b, pr.num_dense);
+  const bool symmetric = pr.symmetric;
   if (v1.dimensions()[1] != g.S)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "v has wrong S");
   const PackedX1 p = PackX1(g, x1.typed_data(), v1.typed_data(), sz.n1);
-  const float* x2d = x2.typed_data();
-  const float* v2d = v2.typed_data();
-  float* out = k_out->typed_data();
+  DISPATCH(RunKernel, g, p, sz, x2.typed_data(), v2.typed_data(), symmetric,
+           k_out->typed_data());
+  return ffi::Error::Success();
+}
+
+template <int KW, int CC>
+void RunKernel(const Geometry& g, const PackedX1& p, const Sizes& sz,
+               const float* x2d, const float* v2d, bool symmetric,
+               float* out) {
   const int img = sz.H * sz.W * sz.C;
 #pragma omp parallel
   {
     Scratch sc(g);
     std::vector<float> is2(g.S);
     float kk[kLanes];
-    bool mask[kLanes];
+    float mask[kLanes];
 #pragma omp for schedule(dynamic, 1)
     for (int j = 0; j < sz.n2; ++j) {
       PadX2(g, x2d + static_cast<size_t>(j) * img, sc.x2p.data());
       const float* v2j = v2d + static_cast<size_t>(j) * g.S;
       Is2(g, v2j, is2.data());
       for (int t = 0; t < p.tiles; ++t) {
-        DiagMask(symmetric, t, j, mask);
-        Forward(g, sc,
+        OffDiag(symmetric, t, j, mask);
+        Forward<false, KW, CC>(g, sc,
                 p.x.data() + static_cast<size_t>(t) * g.Hp * g.Wp * g.C *
                                  kLanes,
                 p.v.data() + static_cast<size_t>(t) * g.S * kLanes,
                 p.is.data() + static_cast<size_t>(t) * g.S * kLanes, v2j,
-                is2.data(), symmetric ? mask : nullptr, false, kk);
+                is2.data(), mask, kk);
         for (int k = 0; k < kLanes; ++k) {
           const int i = t * kLanes + k;
           if (i < sz.n1) out[static_cast<size_t>(i) * sz.n2 + j] = kk[k];
@@ -547,39 +632,45 @@ ffi::Error KernelImpl(ffi::Buffer<ffi::F32> x1, ffi::Buffer<ffi::F32> x2,
       }
     }
   }
-  return ffi::Error::Success();
 }
 
 ffi::Error GradImpl(ffi::Buffer<ffi::F32> x1, ffi::Buffer<ffi::F32> x2,
                     ffi::Buffer<ffi::F32> v1, ffi::Buffer<ffi::F32> v2,
-                    ffi::Buffer<ffi::F32> gk, ffi::ResultBuffer<ffi::F32> gx2,
-                    ffi::ResultBuffer<ffi::F32> gv2, int64_t depth,
-                    int64_t kh, int64_t kw, int64_t stride, float a, float b,
-                    int64_t num_dense, bool symmetric) {
-  Sizes sz;
-  ffi::Error err = CheckShapes(x1, x2, v1, v2, &sz);
+                    ffi::Buffer<ffi::F32> gk, ffi::Buffer<ffi::F32> params,
+                    ffi::ResultBuffer<ffi::F32> gx2,
+                    ffi::ResultBuffer<ffi::F32> gv2) {
+  Params pr;
+  ffi::Error err = ReadParams(params, &pr);
   if (err.failure()) return err;
-  const Geometry g = MakeGeometry(sz.H, sz.W, sz.C, depth, kh, kw, stride,
-                                  a, b, num_dense);
+  Sizes sz;
+  err = CheckShapes(x1, x2, v1, v2, &sz);
+  if (err.failure()) return err;
+  const Geometry g = MakeGeometry(sz.H, sz.W, sz.C, pr.depth, pr.kh, pr.kw,
+                                  pr.stride, pr.a, pr.b, pr.num_dense);
+  const bool symmetric = pr.symmetric;
   if (v1.dimensions()[1] != g.S)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "v has wrong S");
   auto dg = gk.dimensions();
   if (dg.size() != 2 || dg[0] != sz.n1 || dg[1] != sz.n2)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "gk must be (n1, n2)");
   const PackedX1 p = PackX1(g, x1.typed_data(), v1.typed_data(), sz.n1);
-  const float* x2d = x2.typed_data();
-  const float* v2d = v2.typed_data();
-  const float* gkd = gk.typed_data();
-  float* gx = gx2->typed_data();
-  float* gv = gv2->typed_data();
+  DISPATCH(RunGrad, g, p, sz, x2.typed_data(), v2.typed_data(), symmetric,
+           gk.typed_data(), gx2->typed_data(), gv2->typed_data());
+  return ffi::Error::Success();
+}
+
+template <int KW, int CC>
+void RunGrad(const Geometry& g, const PackedX1& p, const Sizes& sz,
+             const float* x2d, const float* v2d, bool symmetric,
+             const float* gkd, float* gx, float* gv) {
   const int img = sz.H * sz.W * sz.C;
-  const float c1 = a / (kh * kw * sz.C);
+  const float c1 = g.a / (g.kh * g.kw * sz.C);
 #pragma omp parallel
   {
     Scratch sc(g);
     std::vector<float> is2(g.S);
     float gkl[kLanes];
-    bool mask[kLanes];
+    float mask[kLanes];
 #pragma omp for schedule(dynamic, 1)
     for (int j = 0; j < sz.n2; ++j) {
       PadX2(g, x2d + static_cast<size_t>(j) * img, sc.x2p.data());
@@ -595,13 +686,13 @@ ffi::Error GradImpl(ffi::Buffer<ffi::F32> x1, ffi::Buffer<ffi::F32> x2,
           any |= gkl[k] != 0.f;
         }
         if (!any) continue;
-        DiagMask(symmetric, t, j, mask);
-        Backward(g, sc,
+        OffDiag(symmetric, t, j, mask);
+        Backward<KW, CC>(g, sc,
                  p.x.data() + static_cast<size_t>(t) * g.Hp * g.Wp * g.C *
                                   kLanes,
                  p.v.data() + static_cast<size_t>(t) * g.S * kLanes,
                  p.is.data() + static_cast<size_t>(t) * g.S * kLanes, v2j,
-                 is2.data(), symmetric ? mask : nullptr, gkl);
+                 is2.data(), mask, gkl);
       }
       float* gxj = gx + static_cast<size_t>(j) * img;
       for (int h = 0; h < g.H; ++h)
@@ -622,7 +713,6 @@ ffi::Error GradImpl(ffi::Buffer<ffi::F32> x1, ffi::Buffer<ffi::F32> x2,
       }
     }
   }
-  return ffi::Error::Success();
 }
 
 }  // namespace
@@ -633,15 +723,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NtgaCnnNtk, KernelImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("depth")
-                                  .Attr<int64_t>("kh")
-                                  .Attr<int64_t>("kw")
-                                  .Attr<int64_t>("stride")
-                                  .Attr<float>("a")
-                                  .Attr<float>("b")
-                                  .Attr<int64_t>("num_dense")
-                                  .Attr<bool>("symmetric"));
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NtgaCnnNtkGradX2, GradImpl,
                               ffi::Ffi::Bind()
@@ -650,13 +733,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NtgaCnnNtkGradX2, GradImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("depth")
-                                  .Attr<int64_t>("kh")
-                                  .Attr<int64_t>("kw")
-                                  .Attr<int64_t>("stride")
-                                  .Attr<float>("a")
-                                  .Attr<float>("b")
-                                  .Attr<int64_t>("num_dense")
-                                  .Attr<bool>("symmetric"));
+                                  .Ret<ffi::Buffer<ffi::F32>>());
