@@ -168,6 +168,7 @@ struct Scratch {
   std::vector<float> n_out, tt_out;            // (h, w, lanes) ReLU outputs
   std::vector<float> rn, rt;                   // row window sums, layer >= 1
   std::vector<float> gq, gt_, gn, gtt, g1, g2; // backward
+  std::vector<float> gmap;                     // (Hp, Wp, lanes)
   std::vector<float> acc;                      // (Hp, Wp, C, lanes)
   std::vector<float> accv;                     // (S, lanes)
 
@@ -191,6 +192,7 @@ struct Scratch {
     gq.assign(pmax, 0.f); gt_.assign(pmax, 0.f); gn.assign(pmax, 0.f);
     gtt.assign(pmax, 0.f); g1.assign(std::max(pmax, big), 0.f);
     g2.assign(std::max(pmax, big), 0.f);
+    gmap.assign(g.Hp * g.Wp * kLanes, 0.f);
     acc.assign(g.Hp * g.Wp * g.C * kLanes, 0.f);
     accv.assign(g.S * kLanes, 0.f);
   }
@@ -474,24 +476,29 @@ void Backward(const Geometry& g, Scratch& sc, const float* x1t,
         for (int k = 0; k < kLanes; ++k) dst[k] += src[k];
       }
     }
+  // Row transpose onto the padded map: g2[hp, s pw + dw] += g1[hp, pw].
+  const int kw = KW > 0 ? KW : g.kw;
+  float* g2 = sc.gmap.data();  // (Hp, Wp, lanes)
+  std::fill(g2, g2 + g.Hp * g.Wp * kLanes, 0.f);
+  for (int hp = 0; hp < g.Hp; ++hp)
+    for (int pw = 0; pw < W1; ++pw) {
+      const float* src = g1 + (hp * W1 + pw) * kLanes;
+      for (int dw = 0; dw < kw; ++dw) {
+        float* dst = g2 + (hp * g.Wp + g.s * pw + dw) * kLanes;
+#pragma omp simd
+        for (int k = 0; k < kLanes; ++k) dst[k] += src[k];
+      }
+    }
+  // Contraction with x1, lane by lane (summed over lanes once per x2 image).
   float* acc = sc.acc.data();
-  for (int hp = 0; hp < g.Hp; ++hp) {
-    for (int wp = 0; wp < g.Wp; ++wp) {
-      // pw with 0 <= wp - s pw < kw, 0 <= pw < W1 (precomputed).
-      const int pw_lo = g.pw_lo[wp], pw_hi = g.pw_hi[wp];
-      if (pw_lo > pw_hi) continue;
-      float gsum[kLanes] = {0};
-      for (int pw = pw_lo; pw <= pw_hi; ++pw) {
-        const float* src = g1 + (hp * W1 + pw) * kLanes;
+  const int positions = g.Hp * g.Wp;
+  for (int pos = 0; pos < positions; ++pos) {
+    const float* gv = g2 + pos * kLanes;
+    for (int ch = 0; ch < C; ++ch) {
+      const float* xt = x1t + (pos * C + ch) * kLanes;
+      float* a = acc + (pos * C + ch) * kLanes;
 #pragma omp simd
-        for (int k = 0; k < kLanes; ++k) gsum[k] += src[k];
-      }
-      for (int ch = 0; ch < C; ++ch) {
-        const float* xt = x1t + ((hp * g.Wp + wp) * C + ch) * kLanes;
-        float* a = acc + ((hp * g.Wp + wp) * C + ch) * kLanes;
-#pragma omp simd
-        for (int k = 0; k < kLanes; ++k) a[k] += gsum[k] * xt[k];
-      }
+      for (int k = 0; k < kLanes; ++k) a[k] += gv[k] * xt[k];
     }
   }
 }
