@@ -113,7 +113,7 @@ def test_step_size_and_jit_do_not_change_the_result():
   outs = []
   for step in (1, 2, 5, 16):
     k = kernels.kernel_fn("cnn", image_shape=shape, num_classes=3,
-                          step_size=step)
+                          step_size=step, impl="jax")
     outs.append(np.asarray(jax.jit(k)(x1, x2)))
   for out in outs[1:]:
     np.testing.assert_allclose(out, outs[0], rtol=1e-6)

@@ -13,10 +13,13 @@ here with `neural_tangents.stax`, as in the paper:
 Widths only matter for finite networks; the kernel is that of the infinite
 width limit.
 
-The CNN kernel is computed by default by `_cnn_ntk`, an exact pure-JAX
-implementation of the same kernel, organised for CPU speed, with a
-hand-written backward pass (see that module); `impl="nt"` uses
-neural-tangents' `stax` kernel instead (the reference it is tested against).
+The CNN kernel is computed by default by `_cnn_ntk`, an exact implementation
+of the same kernel with a hand-written backward pass (see that module): in
+float32 on the CPU by its C++ kernel (`_native`, compiled on first use, run
+on all cores through XLA FFI), otherwise in pure JAX (float64, GPU, or where
+no C++ compiler is found, or NTGA_TFDS_NATIVE=0). `impl="nt"` uses
+neural-tangents' `stax` kernel instead (the reference both are tested
+against).
 
 Example:
 
@@ -38,7 +41,8 @@ from ntga_tfds.transforms import _cnn_ntk
 from ntga_tfds.transforms import _fnn_ntk
 
 SURROGATES = ("fnn", "cnn")
-CNN_IMPLS = ("fast", "nt")
+CNN_IMPLS = ("fast", "native", "jax", "nt")
+FNN_IMPLS = ("fast", "nt")
 W_STD = math.sqrt(1.76)
 B_STD = math.sqrt(0.18)
 LARGE_IMAGE_SIDE = 128
@@ -77,6 +81,11 @@ def cnn(*, num_classes: int, depth: int = 2, channels: int = 64,
   return stax.serial(*layers)
 
 
+def cnn_native_available() -> bool:
+  """Whether the CNN's "fast" kernel runs natively (C++, float32, CPU)."""
+  return _cnn_ntk.native_available()
+
+
 def kernel_fn(surrogate: str, *, image_shape: Sequence[int], num_classes: int,
               depth: Optional[int] = None, width: Optional[int] = None,
               strides: Optional[int] = None, impl: str = "fast",
@@ -90,10 +99,12 @@ def kernel_fn(surrogate: str, *, image_shape: Sequence[int], num_classes: int,
       on it).
     depth, width, strides: override the paper's defaults (see module doc);
       `strides` applies to the CNN only, `width` to the FNN only.
-    impl: "fast" (default: `_cnn_ntk` for the CNN, `_fnn_ntk` for the FNN)
-      or "nt" (neural-tangents' `stax` kernel); both compute the same kernel.
-    step_size: CNN "fast" only: x2 images per step of its loop (default: a
-      cache-sized choice, `_cnn_ntk.default_step_size`).
+    impl: "fast" (default: `_cnn_ntk` for the CNN, native C++ in float32 on
+      the CPU, else pure JAX; `_fnn_ntk` for the FNN) or "nt"
+      (neural-tangents' `stax` kernel); all compute the same kernel. CNN
+      only: "native" or "jax" force one implementation of `_cnn_ntk`.
+    step_size: CNN pure-JAX kernel only: x2 images per step of its loop
+      (default: a cache-sized choice, `_cnn_ntk.default_step_size`).
 
   Returns:
     A pure function `(x1 (n1, *image_shape), x2 (n2, *image_shape)) ->
@@ -104,7 +115,7 @@ def kernel_fn(surrogate: str, *, image_shape: Sequence[int], num_classes: int,
   _checks.choice(surrogate, "surrogate", SURROGATES)
   image_shape = tuple(int(s) for s in image_shape)
   if surrogate == "fnn":
-    _checks.choice(impl, "impl", CNN_IMPLS)
+    _checks.choice(impl, "impl", FNN_IMPLS)
     depth = _checks.positive_int(5 if depth is None else depth, "depth")
     _, _, stax_kernel = fnn(depth=depth,
                             width=512 if width is None else width)
@@ -125,14 +136,15 @@ def kernel_fn(surrogate: str, *, image_shape: Sequence[int], num_classes: int,
   if strides is None:
     strides = 3 if max(image_shape[:2]) >= LARGE_IMAGE_SIDE else 2
   depth = 2 if depth is None else depth
-  if impl == "fast":
+  if impl != "nt":
     spec = _cnn_ntk.CNNSpec(
         image_shape=tuple(image_shape[:2]) + (
             image_shape[2] if len(image_shape) == 3 else 1,),
         depth=_checks.positive_int(depth, "depth"),
         strides=_checks.positive_int(strides, "strides"),
         W_std=W_STD, b_std=B_STD, num_dense=3)
-    fast = _cnn_ntk.ntk_fn(spec, step_size=step_size)
+    fast = _cnn_ntk.ntk_fn(spec, step_size=step_size,
+                           impl="auto" if impl == "fast" else impl)
 
     def k(x1, x2):
       if x1.ndim == 3:

@@ -49,6 +49,11 @@ from ntga_tfds.transforms import predict as predict_lib
 # images per chunk at block 512, measured fastest on CPU (2,000-row chunks
 # beat 5,000-row ones by ~5%: the backward's arrays stay in cache).
 _CHUNK_BUDGET = {"fnn": 1 << 20, "cnn": 1 << 23}
+# The native CNN kernel (`_cnn_ntk`, C++) materialises no per-position pair
+# arrays: a chunk costs only its (chunk, block) kernel. 2,000 validation
+# images per chunk measured 3% faster per entry than 1,000 and 10% faster
+# than 96 (MNIST, block 512).
+_NATIVE_CNN_CHUNK = 2000
 DTYPES = ("float32", "float64")
 
 
@@ -246,6 +251,9 @@ def _precision(config: NTGAConfig):
 def _chunk_size(config: NTGAConfig, n_train: int, image_shape) -> int:
   if config.val_chunk_size is not None:
     return config.val_chunk_size
+  if (config.surrogate == "cnn" and config.dtype == "float32"
+      and kernels.cnn_native_available()):
+    return _NATIVE_CNN_CHUNK
   positions = 1
   if config.surrogate == "cnn":
     strides = config.strides or (

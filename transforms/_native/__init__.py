@@ -120,15 +120,19 @@ def library_path(name: str) -> pathlib.Path:
   return out
 
 
-def available(name: str) -> bool:
-  """Whether `name` is enabled and builds (the result is cached)."""
-  if not enabled():
-    return False
+@functools.lru_cache(maxsize=None)
+def build_error(name: str) -> Optional[str]:
+  """None if `name` builds (or is cached), else why not (tried once)."""
   try:
     library_path(name)
-  except NativeUnavailable:
-    return False
-  return True
+  except NativeUnavailable as e:
+    return str(e)
+  return None
+
+
+def available(name: str) -> bool:
+  """Whether `name` is enabled and builds."""
+  return enabled() and build_error(name) is None
 
 
 def ensure_registered(name: str) -> None:
