@@ -75,7 +75,8 @@ setuptools.setup(
     long_description=(_ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    packages=["ntga_tfds", "ntga_tfds.transforms", "ntga_tfds.builders"]
+    packages=["ntga_tfds", "ntga_tfds.transforms",
+              "ntga_tfds.transforms._native", "ntga_tfds.builders"]
     + _builder_packages(),
     package_dir={
         "ntga_tfds": "ntga_tfds",
@@ -83,6 +84,8 @@ setuptools.setup(
         "ntga_tfds.builders": "builders",
     },
     package_data={
+        # C++ sources of the native CPU kernels, compiled on first use.
+        "ntga_tfds.transforms._native": ["*.cc"],
         "ntga_tfds.builders": [
             "*/README.md",
             "*/CITATIONS.bib",

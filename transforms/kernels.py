@@ -34,7 +34,6 @@ import math
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax.numpy as jnp
-from neural_tangents import stax
 
 from ntga_tfds.transforms import _checks
 from ntga_tfds.transforms import _cnn_ntk
@@ -50,9 +49,22 @@ LARGE_IMAGE_SIDE = 128
 KernelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
 
+def _stax():
+  """neural-tangents' `stax`, imported on first use.
+
+  The default ("fast") kernels are this package's own, so the attack runs
+  where neural-tangents does not import (it needs jax <= 0.5.3), e.g. on an
+  accelerator host with a newer JAX; only the stax constructors and
+  `impl="nt"` need it.
+  """
+  from neural_tangents import stax  # pylint: disable=g-import-not-at-top
+  return stax
+
+
 def fnn(*, depth: int = 5, width: int = 512, W_std: float = W_STD,
         b_std: float = B_STD):
   """`depth` x [Dense(width), Erf]: the stax triple (init, apply, kernel)."""
+  stax = _stax()
   depth = _checks.positive_int(depth, "depth")
   layers = []
   for _ in range(depth):
@@ -65,6 +77,7 @@ def cnn(*, num_classes: int, depth: int = 2, channels: int = 64,
         hidden: Sequence[int] = (384, 192), W_std: float = W_STD,
         b_std: float = B_STD):
   """`depth` x [Conv, ReLU], Flatten, Dense hidden..., Dense num_classes."""
+  stax = _stax()
   depth = _checks.positive_int(depth, "depth")
   strides = _checks.positive_int(strides, "strides")
   layers = []
@@ -117,8 +130,9 @@ def kernel_fn(surrogate: str, *, image_shape: Sequence[int], num_classes: int,
   if surrogate == "fnn":
     _checks.choice(impl, "impl", FNN_IMPLS)
     depth = _checks.positive_int(5 if depth is None else depth, "depth")
-    _, _, stax_kernel = fnn(depth=depth,
-                            width=512 if width is None else width)
+    if impl == "nt":
+      _, _, stax_kernel = fnn(depth=depth,
+                              width=512 if width is None else width)
 
     def k(x1, x2):
       x1 = x1.reshape(x1.shape[0], -1)
