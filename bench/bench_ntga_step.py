@@ -45,14 +45,26 @@ flags.DEFINE_string("json", None, "Also write the figures to this file.")
 FLAGS = flags.FLAGS
 
 
-def matmul_gflops(n=4096, repeats=5):
+def matmul_gflops(n=None, repeats=5, precision="float32"):
+  """GFLOP/s of a dense (n, n) float32 matmul, in full float32 precision as
+  the attack runs its matmuls (on a GPU, "tensorfloat32" is XLA's default)."""
+  if n is None:
+    n = 4096 if jax.default_backend() == "cpu" else 16384
   a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
-  f = jax.jit(lambda a: a @ a)
-  f(a).block_until_ready()
-  t0 = time.perf_counter()
-  for _ in range(repeats):
+  with jax.default_matmul_precision(precision):
+    f = jax.jit(lambda a: a @ a)
     f(a).block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+      f(a).block_until_ready()
   return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def device_peak_gib():
+  """Peak memory of JAX's first device, where its backend reports it."""
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return None if peak is None else round(peak / 2 ** 30, 2)
 
 
 def step_flops(config, x, y, xv, yv):
@@ -92,6 +104,11 @@ def main(_):
                            nb_iter=FLAGS.steps,
                            val_chunk_size=FLAGS.val_chunk_size)
   peak_gflops = matmul_gflops()
+  if jax.default_backend() != "cpu":
+    result_extra = {"matmul_gflops_tf32_same_run": round(
+        matmul_gflops(precision="tensorfloat32"), 1)}
+  else:
+    result_extra = {}
   flops, chunk = step_flops(config, x, y, xv, yv)
 
   times = _timing.poison_block_step_seconds(x, y, xv, yv, config=config)
@@ -102,6 +119,7 @@ def main(_):
   per_block_s = max(0.0, warm_block_s - FLAGS.steps * step_s)
   blocks = math.ceil(full / FLAGS.block)
   result = {
+      "device": f"{jax.default_backend()}: {jax.devices()[0].device_kind}",
       "surrogate": FLAGS.surrogate, "shape": FLAGS.shape,
       "block": FLAGS.block, "val": FLAGS.val, "val_chunk_size": chunk,
       "first_step_s (compile+run)": round(times[0], 3),
@@ -114,6 +132,8 @@ def main(_):
           1e6 * step_s / (FLAGS.block * (FLAGS.val + FLAGS.block)), 4),
       "peak_rss_gib": round(
           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
+      "device_peak_gib (accelerator only)": (
+          device_peak_gib() if jax.default_backend() != "cpu" else None),
       f"warm_block_s ({FLAGS.steps} steps, whole poison_block)": round(
           warm_block_s, 3),
       "per_block_overhead_s (warm block - steps x step_s)": round(
@@ -121,6 +141,7 @@ def main(_):
       f"full_{full}_images_{FLAGS.nb_iter}_steps_s (EXTRAPOLATED)": round(
           blocks * (FLAGS.nb_iter * step_s + per_block_s), 1),
   }
+  result.update(result_extra)
   if FLAGS.surrogate == "fnn":
     mm = fnn_matmul_flops(FLAGS.block, FLAGS.val, int(np.prod(shape)))
     result.update({

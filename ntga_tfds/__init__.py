@@ -20,6 +20,7 @@ checkpoints, statistics), `dataset_builder` (the base of every builder).
 """
 
 import importlib as _importlib
+import importlib.util as _importlib_util
 import importlib.resources as _resources
 import os as _os
 
@@ -76,6 +77,11 @@ class _Provider:
 
 
 def _register():
+  if _importlib_util.find_spec("tensorflow_datasets") is None:
+    # Nothing to register with. The pure-JAX attacks (`ntga_tfds.transforms`)
+    # still import, e.g. on an accelerator host that has JAX but not the
+    # TensorFlow stack. An installed but broken TFDS raises below instead.
+    return
   from tensorflow_datasets.core import registered  # pylint: disable=g-import-not-at-top
   for name in BUILDERS:
     _importlib.import_module(builder_module(name))

@@ -76,7 +76,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -613,15 +613,21 @@ _self_kernel.defvjp(_self_kernel_fwd, _self_kernel_bwd)
 
 
 def default_step_size(spec: CNNSpec, n1: int,
-                      budget_bytes: int = 1 << 18) -> int:
+                      budget_bytes: Optional[int] = None) -> int:
   """x2 images per step so that one (nb, H1, W1, n1) array is ~budget.
 
-  Small steps keep a step's dozen live pair arrays in the L2 cache (measured
-  on a 2 MiB-L2 core: one x2 image per step is fastest for n1 >= 256).
+  On the CPU (default budget 256 KiB, at most 16 images), small steps keep a
+  step's dozen live pair arrays in the L2 cache (measured on a 2 MiB-L2
+  core: one x2 image per step is fastest for n1 >= 256). On an accelerator
+  (default budget 512 MiB, no cap), a step is one parallel launch: the
+  larger, the fewer sequential steps.
   """
+  cpu = jax.default_backend() == "cpu"
+  if budget_bytes is None:
+    budget_bytes = 1 << 18 if cpu else 1 << 29
   h1, w1 = spec.layer_shapes()[0]
   per_image = h1 * w1 * max(n1, 1) * 4
-  return int(max(1, min(16, budget_bytes // per_image)))
+  return int(max(1, min(16 if cpu else 1 << 30, budget_bytes // per_image)))
 
 
 # ----------------------------------------------------------------------------

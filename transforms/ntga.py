@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -49,6 +48,10 @@ from ntga_tfds.transforms import predict as predict_lib
 # images per chunk at block 512, measured fastest on CPU (2,000-row chunks
 # beat 5,000-row ones by ~5%: the backward's arrays stay in cache).
 _CHUNK_BUDGET = {"fnn": 1 << 20, "cnn": 1 << 23}
+# On an accelerator (JAX's GPU/TPU backends) small chunks leave it idle
+# between sequential kernel launches; memory is plentiful: a CNN chunk's
+# pair arrays are ~0.5 GB each at these budgets (a dozen live at once).
+_ACCELERATOR_CHUNK_BUDGET = {"fnn": 1 << 24, "cnn": 1 << 27}
 # The native CNN kernel (`_cnn_ntk`, C++) materialises no per-position pair
 # arrays: a chunk costs only its (chunk, block) kernel. 2,000 validation
 # images per chunk measured 3% faster per entry than 1,000 and 10% faster
@@ -241,11 +244,17 @@ def _programs(key: NTGAConfig, num_classes: int,
 
 
 def _precision(config: NTGAConfig):
-  """The context the attack's JAX code runs in: x64 enabled for float64."""
+  """The context the attack's JAX code runs in.
+
+  float64: x64 enabled. float32: matmuls in full float32 precision. On the
+  CPU that is what XLA does anyway; on a GPU its default rounds float32
+  matmul inputs to TF32 (10-bit mantissa), which would make the Gram
+  matrices, and so the poisoned bytes, differ from a CPU run's.
+  """
   if config.dtype == "float64":
     from jax.experimental import enable_x64  # pylint: disable=g-import-not-at-top
     return enable_x64()
-  return contextlib.nullcontext()
+  return jax.default_matmul_precision("float32")
 
 
 def _chunk_size(config: NTGAConfig, n_train: int, image_shape) -> int:
@@ -260,7 +269,9 @@ def _chunk_size(config: NTGAConfig, n_train: int, image_shape) -> int:
         3 if max(image_shape[:2]) >= kernels.LARGE_IMAGE_SIDE else 2)
     positions = math.ceil(image_shape[0] / strides) * math.ceil(
         image_shape[1] / strides)
-  return max(1, _CHUNK_BUDGET[config.surrogate] // (n_train * positions))
+  budget = (_CHUNK_BUDGET if jax.default_backend() == "cpu"
+            else _ACCELERATOR_CHUNK_BUDGET)
+  return max(1, budget[config.surrogate] // (n_train * positions))
 
 
 class _Validation(NamedTuple):
