@@ -21,9 +21,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
@@ -32,7 +36,6 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int kLanes = 16;
-constexpr float kTwoPi = 6.283185307179586f;
 constexpr float kPi = 3.141592653589793f;
 // Multiplications by these replace divisions by 2 pi and 4 pi (vector
 // division is several times the cost of a multiply).
@@ -40,6 +43,70 @@ constexpr float kInvTwoPi = 0.15915494309189535f;
 constexpr float kInvFourPi = 0.07957747154594767f;
 constexpr float kRTol = 1e-15f;
 constexpr float kTiny = 1.17549435e-38f;  // float32 tiny, as jnp.finfo
+
+// One tile's lanes as a GCC / Clang vector: a single AVX-512 register (two
+// AVX2 ones elsewhere). Written out, the per-position work keeps its
+// accumulators in registers; `#pragma omp simd` loops over float[kLanes]
+// arrays went through the stack (a 64-byte store reloaded as two 32-byte
+// halves stalls store forwarding).
+typedef float Vec __attribute__((vector_size(kLanes * 4)));
+typedef float VecU __attribute__((vector_size(kLanes * 4), aligned(4)));
+
+inline Vec Load(const float* p) { return *reinterpret_cast<const VecU*>(p); }
+inline void Store(float* p, Vec v) { *reinterpret_cast<VecU*>(p) = v; }
+inline Vec Splat(float x) { return Vec{} + x; }
+inline Vec Max(Vec a, Vec b) { return a > b ? a : b; }
+inline Vec Min(Vec a, Vec b) { return a < b ? a : b; }
+
+// 1 / sqrt(x), x > 0: the hardware's 14-bit estimate and one Newton step
+// (relative error ~3e-9 before rounding, a few ulp after), instead of
+// vsqrtps and vdivps, which issue once per ~12 cycles on 512-bit vectors.
+inline Vec RSqrt(Vec x) {
+#if defined(__AVX512F__)
+  const Vec y = reinterpret_cast<Vec>(_mm512_rsqrt14_ps(
+      reinterpret_cast<__m512>(x)));
+  return y * (1.5f - (0.5f * x) * y * y);
+#else
+  Vec y;
+  for (int k = 0; k < kLanes; ++k) y[k] = 1.f / std::sqrt(x[k]);
+  return y;
+#endif
+}
+
+// 64-byte aligned storage: lanes then never straddle cache lines.
+template <typename T>
+struct Aligned {
+  using value_type = T;
+  Aligned() = default;
+  template <typename U>
+  Aligned(const Aligned<U>&) {}
+  T* allocate(size_t n) {
+    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64)));
+  }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <typename U>
+  bool operator==(const Aligned<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const Aligned<U>&) const { return false; }
+};
+using Floats = std::vector<float, Aligned<float>>;
+
+// For a strided window sum out[o] = sum_{0 <= d < k} in[s o + d - lo]: per
+// input index i, the outputs o in [lo_o[i], hi_o[i]] whose window holds it
+// (the transposed sum gathers them; an empty range has lo_o > hi_o).
+void WindowTranspose(int n_in, int n_out, int k, int s, int lo,
+                     std::vector<int>* lo_o, std::vector<int>* hi_o) {
+  for (int i = 0; i < n_in; ++i) {
+    int a = n_out, b = -1;
+    for (int o = 0; o < n_out; ++o)
+      if (i + lo - s * o >= 0 && i + lo - s * o < k) {
+        a = std::min(a, o);
+        b = std::max(b, o);
+      }
+    lo_o->push_back(a);
+    hi_o->push_back(b);
+  }
+}
 
 struct Geometry {
   int H, W, C, kh, kw, s, depth, num_dense;
@@ -50,8 +117,9 @@ struct Geometry {
   std::vector<int> voff;         // offsets of layer l in the (n, S) arrays
   int S;
   float dense_gn, dense_gt;      // d K / d (mean n, mean t) of the Dense part
-  // First layer, per padded column wp: the outputs pw whose window holds it.
-  std::vector<int> pw_lo, pw_hi;
+  // Transposed windows of conv layer l (see WindowTranspose), over its
+  // input's rows and columns; for l = 0 over the padded map's.
+  std::vector<std::vector<int>> th_lo, th_hi, tw_lo, tw_hi;
 };
 
 void SamePads(int size, int k, int s, int* out, int* lo) {
@@ -95,21 +163,23 @@ Geometry MakeGeometry(int H, int W, int C, int64_t depth, int64_t kh,
   }
   g.dense_gn = gn;
   g.dense_gt = gt;
-  for (int wp = 0; wp < g.Wp; ++wp) {
-    int lo = g.wl[0], hi = -1;
-    for (int pw = 0; pw < g.wl[0]; ++pw)
-      if (wp - g.s * pw >= 0 && wp - g.s * pw < g.kw) {
-        lo = std::min(lo, pw);
-        hi = std::max(hi, pw);
-      }
-    g.pw_lo.push_back(lo);
-    g.pw_hi.push_back(hi);
+  g.th_lo.resize(g.depth); g.th_hi.resize(g.depth);
+  g.tw_lo.resize(g.depth); g.tw_hi.resize(g.depth);
+  for (int l = 0; l < g.depth; ++l) {
+    const int hi = l == 0 ? g.Hp : g.hl[l - 1];
+    const int wi = l == 0 ? g.Wp : g.wl[l - 1];
+    const int lo_h = l == 0 ? 0 : g.lo_hl[l];
+    const int lo_w = l == 0 ? 0 : g.lo_wl[l];
+    WindowTranspose(hi, g.hl[l], g.kh, g.s, lo_h, &g.th_lo[l], &g.th_hi[l]);
+    WindowTranspose(wi, g.wl[l], g.kw, g.s, lo_w, &g.tw_lo[l], &g.tw_hi[l]);
   }
   return g;
 }
 
-inline float Acos01(float x) {
-  float p = -1.44145895e-03f;
+// acos(x) for x in [0, 1]: a minimax polynomial times sqrt(1 - x), the
+// square root as (1 - x) / sqrt(1 - x) (exactly 0 at x = 1).
+inline Vec Acos01(Vec x) {
+  Vec p = Splat(-1.44145895e-03f);
   p = p * x + 7.24538158e-03f;
   p = p * x - 1.78089023e-02f;
   p = p * x + 3.13354212e-02f;
@@ -117,7 +187,8 @@ inline float Acos01(float x) {
   p = p * x + 8.89992629e-02f;
   p = p * x - 2.14599892e-01f;
   p = p * x + 1.57079631e+00f;
-  return std::sqrt(1.f - x) * p;
+  const Vec u = 1.f - x;
+  return u * RSqrt(Max(u, Splat(kTiny))) * p;
 }
 
 // x1 images packed as tiles: x1t[tile][hp][wp][c][lane] on the padded map,
@@ -125,7 +196,7 @@ inline float Acos01(float x) {
 // dropped, their cotangents are zero).
 struct PackedX1 {
   int n1, tiles;
-  std::vector<float> x, v, is;
+  Floats x, v, is;
 };
 
 PackedX1 PackX1(const Geometry& g, const float* x1, const float* v1, int n1) {
@@ -159,21 +230,42 @@ PackedX1 PackX1(const Geometry& g, const float* x1, const float* v1, int n1) {
   return p;
 }
 
+// One x2 image: padded, and its per-position 1 / sqrt(v) and 1 / v.
+struct X2Image {
+  std::vector<float> xp;         // (Hp, Wp, C)
+  std::vector<float> is, inv_v;  // (S)
+  const float* v;
+
+  explicit X2Image(const Geometry& g)
+      : xp(g.Hp * g.Wp * g.C, 0.f), is(g.S), inv_v(g.S), v(nullptr) {}
+
+  void Set(const Geometry& g, const float* x2j, const float* v2j) {
+    for (int h = 0; h < g.H; ++h)
+      for (int w = 0; w < g.W; ++w)
+        for (int c = 0; c < g.C; ++c)
+          xp[((h + g.lo_h) * g.Wp + w + g.lo_w) * g.C + c] =
+              x2j[(h * g.W + w) * g.C + c];
+    v = v2j;
+    for (int q = 0; q < g.S; ++q) {
+      is[q] = 1.f / std::sqrt(std::max(v2j[q], kTiny));
+      inv_v[q] = 1.f / v2j[q];
+    }
+  }
+};
+
 // Per-thread arrays for one (x2 image, x1 tile) pair. Layer l's arrays have
 // hl[l] * wl[l] positions of kLanes floats.
 struct Scratch {
-  std::vector<float> x2p;                      // (Hp, Wp, C) padded x2 image
-  std::vector<float> rows;                     // (Hp, W1, lanes)
-  std::vector<std::vector<float>> q, t, r, dot, inv_r;  // per layer
-  std::vector<float> n_out, tt_out;            // (h, w, lanes) ReLU outputs
-  std::vector<float> rn, rt;                   // row window sums, layer >= 1
-  std::vector<float> gq, gt_, gn, gtt, g1, g2; // backward
-  std::vector<float> gmap;                     // (Hp, Wp, lanes)
-  std::vector<float> acc;                      // (Hp, Wp, C, lanes)
-  std::vector<float> accv;                     // (S, lanes)
+  Floats rows;                                  // (Hp, W1, lanes)
+  std::vector<Floats> q, t, r, dot, inv_r;      // per layer
+  Floats n_out, tt_out;                         // (h, w, lanes) ReLU outputs
+  Floats rn, rt;                                // row window sums
+  Floats gn, gtt, gn2, gtt2;                    // backward, ping-pong
+  Floats acc;                                   // (H, W, C, lanes)
+  Floats accv;                                  // (S, lanes)
 
   explicit Scratch(const Geometry& g) {
-    x2p.assign(g.Hp * g.Wp * g.C, 0.f);
+    // Rows of the padding (never written) stay zero.
     rows.assign(g.Hp * g.wl[0] * kLanes, 0.f);
     const int p0 = g.hl[0] * g.wl[0] * kLanes;
     for (int l = 0; l < g.depth; ++l) {
@@ -183,39 +275,25 @@ struct Scratch {
     }
     n_out.assign(p0, 0.f);
     tt_out.assign(p0, 0.f);
-    int big = 0;
+    int big = g.Hp * g.wl[0] * kLanes;
     for (int l = 1; l < g.depth; ++l)
       big = std::max(big, g.hl[l - 1] * g.wl[l] * kLanes);
     rn.assign(big, 0.f);
     rt.assign(big, 0.f);
-    const int pmax = std::max(p0, g.Hp * g.wl[0] * kLanes);
-    gq.assign(pmax, 0.f); gt_.assign(pmax, 0.f); gn.assign(pmax, 0.f);
-    gtt.assign(pmax, 0.f); g1.assign(std::max(pmax, big), 0.f);
-    g2.assign(std::max(pmax, big), 0.f);
-    gmap.assign(g.Hp * g.Wp * kLanes, 0.f);
-    acc.assign(g.Hp * g.Wp * g.C * kLanes, 0.f);
+    gn.assign(p0, 0.f); gtt.assign(p0, 0.f);
+    gn2.assign(p0, 0.f); gtt2.assign(p0, 0.f);
+    acc.assign(g.H * g.W * g.C * kLanes, 0.f);
     accv.assign(g.S * kLanes, 0.f);
   }
 };
 
-void PadX2(const Geometry& g, const float* x2j, float* x2p) {
-  std::fill(x2p, x2p + g.Hp * g.Wp * g.C, 0.f);
-  for (int h = 0; h < g.H; ++h)
-    for (int w = 0; w < g.W; ++w)
-      for (int c = 0; c < g.C; ++c)
-        x2p[((h + g.lo_h) * g.Wp + w + g.lo_w) * g.C + c] =
-            x2j[(h * g.W + w) * g.C + c];
-}
-
-// ReLU layer l, elementwise over positions x lanes: fills r, dot, inv_r and
-// the outputs n = r / 2pi + dot q, tt = t dot.
-// `offdiag[lane]` is 0 where the pair is one image (self-kernel diagonal:
-// exactly aligned inputs, d = 0), else 1. Templated so that the lane loop
-// has no branches (GCC vectorises only straight-line loop bodies).
+// ReLU layer l, elementwise over positions x lanes: fills r, dot, inv_r (if
+// kKeep) and the outputs n = r / 2pi + dot q, tt = t dot.
+// `offdiag` is 0 in the lanes where the pair is one image (self-kernel
+// diagonal: exactly aligned inputs, d = 0), else 1.
 template <bool kKeep>
 void Relu(const Geometry& g, int l, Scratch& sc, const float* v1t,
-          const float* is1t, const float* v2j, const float* is2j,
-          const float* offdiag) {
+          const float* is1t, const X2Image& x2, Vec offdiag) {
   const int P = g.hl[l] * g.wl[l];
   const float* q = sc.q[l].data();
   const float* t = sc.t[l].data();
@@ -226,27 +304,26 @@ void Relu(const Geometry& g, int l, Scratch& sc, const float* v1t,
   float* tt_out = sc.tt_out.data();
   const int off = g.voff[l];
   for (int p = 0; p < P; ++p) {
-    const float v2 = v2j[off + p], is2 = is2j[off + p];
-    const float* v1 = v1t + (off + p) * kLanes;
-    const float* is1 = is1t + (off + p) * kLanes;
-#pragma omp simd
-    for (int k = 0; k < kLanes; ++k) {
-      const int e = p * kLanes + k;
-      const float qq = q[e];
-      const float d = (v1[k] * v2 - qq * qq) * offdiag[k];
-      const float rr = std::sqrt(std::max(d, 0.f));
-      const float x = std::min(std::fabs(qq) * (is1[k] * is2), 1.f);
-      const float ac = d > 0.f ? Acos01(x) : 0.f;
-      const float th = qq >= 0.f ? ac : kPi - ac;
-      const float dd = 0.5f - th * kInvTwoPi;
-      n_out[e] = rr * kInvTwoPi + dd * qq;
-      tt_out[e] = t[e] * dd;
-      if (kKeep) {
-        r[e] = rr;
-        dot[e] = dd;
-        const bool live = rr > kRTol;
-        inv_r[e] = live ? 1.f / (live ? rr : 1.f) : 0.f;
-      }
+    const int e = p * kLanes;
+    const Vec qq = Load(q + e);
+    const Vec d = (Load(v1t + (off + p) * kLanes) * x2.v[off + p] - qq * qq) *
+                  offdiag;
+    // r = sqrt(max(d, 0)) = d / sqrt(d), 0 where d <= 0.
+    const Vec inv_sqrt_d = RSqrt(Max(d, Splat(kTiny)));
+    const Vec rr = Max(d, Vec{}) * inv_sqrt_d;
+    const Vec aq = qq < 0.f ? -qq : qq;
+    const Vec x =
+        Min(aq * (Load(is1t + (off + p) * kLanes) * x2.is[off + p]),
+            Splat(1.f));
+    const Vec ac = d > 0.f ? Acos01(x) : Vec{};
+    const Vec th = qq >= 0.f ? ac : kPi - ac;
+    const Vec dd = 0.5f - th * kInvTwoPi;
+    Store(n_out + e, rr * kInvTwoPi + dd * qq);
+    Store(tt_out + e, Load(t + e) * dd);
+    if (kKeep) {
+      Store(r + e, rr);
+      Store(dot + e, dd);
+      Store(inv_r + e, rr > kRTol ? inv_sqrt_d : Vec{});
     }
   }
 }
@@ -256,26 +333,25 @@ void Relu(const Geometry& g, int l, Scratch& sc, const float* v1t,
 // time (5 x 5 filters on 1 or 3 channels: their short loops unroll), 0 for
 // the run-time values.
 template <int KW, int CC>
-void Layer1(const Geometry& g, Scratch& sc, const float* x1t) {
+void Layer1(const Geometry& g, Scratch& sc, const float* x1t,
+            const X2Image& x2) {
   const int W1 = g.wl[0], H1 = g.hl[0];
   const int C = CC > 0 ? CC : g.C;
   const int kw = KW > 0 ? KW : g.kw;
   const int kh = KW > 0 ? KW : g.kh;
   float* rows = sc.rows.data();
-  const float* x2p = sc.x2p.data();
-  for (int hp = 0; hp < g.Hp; ++hp) {
+  const float* x2p = x2.xp.data();
+  // Row sums of the products; only the image's rows (the padding's are 0).
+  for (int hp = g.lo_h; hp < g.lo_h + g.H; ++hp) {
     for (int pw = 0; pw < W1; ++pw) {
-      float acc[kLanes] = {0};
+      Vec acc{};
       for (int dw = 0; dw < kw; ++dw) {
         const int wp = g.s * pw + dw;
-        for (int c = 0; c < C; ++c) {
-          const float xv = x2p[(hp * g.Wp + wp) * C + c];
-          const float* xt = x1t + ((hp * g.Wp + wp) * C + c) * kLanes;
-#pragma omp simd
-          for (int k = 0; k < kLanes; ++k) acc[k] += xv * xt[k];
-        }
+        for (int c = 0; c < C; ++c)
+          acc += x2p[(hp * g.Wp + wp) * C + c] *
+                 Load(x1t + ((hp * g.Wp + wp) * C + c) * kLanes);
       }
-      std::memcpy(rows + (hp * W1 + pw) * kLanes, acc, sizeof(acc));
+      Store(rows + (hp * W1 + pw) * kLanes, acc);
     }
   }
   const float c1 = g.a / (kh * kw * C);
@@ -283,127 +359,121 @@ void Layer1(const Geometry& g, Scratch& sc, const float* x1t) {
   float* t = sc.t[0].data();
   for (int ph = 0; ph < H1; ++ph) {
     for (int pw = 0; pw < W1; ++pw) {
-      float acc[kLanes] = {0};
-      for (int dh = 0; dh < kh; ++dh) {
-        const float* rr = rows + ((g.s * ph + dh) * W1 + pw) * kLanes;
-#pragma omp simd
-        for (int k = 0; k < kLanes; ++k) acc[k] += rr[k];
-      }
-      float* qe = q + (ph * W1 + pw) * kLanes;
-      float* te = t + (ph * W1 + pw) * kLanes;
-#pragma omp simd
-      for (int k = 0; k < kLanes; ++k) {
-        qe[k] = c1 * acc[k] + g.b;
-        te[k] = qe[k];
-      }
+      Vec acc{};
+      for (int dh = 0; dh < kh; ++dh)
+        acc += Load(rows + ((g.s * ph + dh) * W1 + pw) * kLanes);
+      const Vec qe = c1 * acc + g.b;
+      Store(q + (ph * W1 + pw) * kLanes, qe);
+      Store(t + (ph * W1 + pw) * kLanes, qe);
     }
   }
 }
 
-// Separable SAME window sum (stride s) of a (hi, wi, lanes) map onto
-// (ho, wo, lanes): rows first (into `tmp`, (hi, wo, lanes)), then columns.
-void BoxSum(const Geometry& g, int l, const float* in, float* tmp,
-            float* out) {
+// Conv layer l >= 1 on the previous ReLU's outputs n, tt: q = c box(n) + b,
+// t = c box(tt) + q, with box the separable SAME window sum at stride s
+// (rows first, into rn / rt, then columns).
+void ConvLayer(const Geometry& g, int l, Scratch& sc) {
   const int hi = g.hl[l - 1], wi = g.wl[l - 1];
   const int ho = g.hl[l], wo = g.wl[l];
   const int lo_h = g.lo_hl[l], lo_w = g.lo_wl[l];
+  const float* n = sc.n_out.data();
+  const float* tt = sc.tt_out.data();
+  float* rn = sc.rn.data();
+  float* rt = sc.rt.data();
   for (int h = 0; h < hi; ++h) {
     for (int pw = 0; pw < wo; ++pw) {
-      float acc[kLanes] = {0};
+      Vec an{}, at{};
       for (int dw = 0; dw < g.kw; ++dw) {
         const int w = g.s * pw + dw - lo_w;
         if (w < 0 || w >= wi) continue;
-        const float* src = in + (h * wi + w) * kLanes;
-#pragma omp simd
-        for (int k = 0; k < kLanes; ++k) acc[k] += src[k];
+        an += Load(n + (h * wi + w) * kLanes);
+        at += Load(tt + (h * wi + w) * kLanes);
       }
-      std::memcpy(tmp + (h * wo + pw) * kLanes, acc, sizeof(acc));
+      Store(rn + (h * wo + pw) * kLanes, an);
+      Store(rt + (h * wo + pw) * kLanes, at);
     }
   }
+  const float c = g.a / (g.kh * g.kw);
+  float* q = sc.q[l].data();
+  float* t = sc.t[l].data();
   for (int ph = 0; ph < ho; ++ph) {
     for (int pw = 0; pw < wo; ++pw) {
-      float acc[kLanes] = {0};
+      Vec an{}, at{};
       for (int dh = 0; dh < g.kh; ++dh) {
         const int h = g.s * ph + dh - lo_h;
         if (h < 0 || h >= hi) continue;
-        const float* src = tmp + (h * wo + pw) * kLanes;
-#pragma omp simd
-        for (int k = 0; k < kLanes; ++k) acc[k] += src[k];
+        an += Load(rn + (h * wo + pw) * kLanes);
+        at += Load(rt + (h * wo + pw) * kLanes);
       }
-      std::memcpy(out + (ph * wo + pw) * kLanes, acc, sizeof(acc));
+      const Vec qe = c * an + g.b;
+      Store(q + (ph * wo + pw) * kLanes, qe);
+      Store(t + (ph * wo + pw) * kLanes, c * at + qe);
     }
   }
 }
 
-// Transpose of BoxSum: cotangent of `in` (hi, wi, lanes) from that of `out`.
-void BoxSumT(const Geometry& g, int l, const float* gout, float* tmp,
-             float* gin) {
+// Transpose of ConvLayer's window sums, scaled by c: the cotangents of the
+// previous ReLU's outputs (gn_in, gtt_in, (hi, wi, lanes)) from those of q
+// and t (gq, gt). Each output is gathered from the windows holding it and
+// written once.
+void ConvLayerT(const Geometry& g, int l, Scratch& sc, const float* gq,
+                const float* gt, float* gn_in, float* gtt_in) {
   const int hi = g.hl[l - 1], wi = g.wl[l - 1];
-  const int ho = g.hl[l], wo = g.wl[l];
-  const int lo_h = g.lo_hl[l], lo_w = g.lo_wl[l];
-  std::fill(tmp, tmp + hi * wo * kLanes, 0.f);
-  for (int ph = 0; ph < ho; ++ph)
-    for (int dh = 0; dh < g.kh; ++dh) {
-      const int h = g.s * ph + dh - lo_h;
-      if (h < 0 || h >= hi) continue;
-      for (int pw = 0; pw < wo; ++pw) {
-        const float* src = gout + (ph * wo + pw) * kLanes;
-        float* dst = tmp + (h * wo + pw) * kLanes;
-#pragma omp simd
-        for (int k = 0; k < kLanes; ++k) dst[k] += src[k];
-      }
-    }
-  std::fill(gin, gin + hi * wi * kLanes, 0.f);
+  const int wo = g.wl[l];
+  const int* th_lo = g.th_lo[l].data();
+  const int* th_hi = g.th_hi[l].data();
+  const int* tw_lo = g.tw_lo[l].data();
+  const int* tw_hi = g.tw_hi[l].data();
+  float* rn = sc.rn.data();
+  float* rt = sc.rt.data();
   for (int h = 0; h < hi; ++h)
-    for (int pw = 0; pw < wo; ++pw)
-      for (int dw = 0; dw < g.kw; ++dw) {
-        const int w = g.s * pw + dw - lo_w;
-        if (w < 0 || w >= wi) continue;
-        const float* src = tmp + (h * wo + pw) * kLanes;
-        float* dst = gin + (h * wi + w) * kLanes;
-#pragma omp simd
-        for (int k = 0; k < kLanes; ++k) dst[k] += src[k];
+    for (int pw = 0; pw < wo; ++pw) {
+      Vec an{}, at{};
+      for (int ph = th_lo[h]; ph <= th_hi[h]; ++ph) {
+        an += Load(gq + (ph * wo + pw) * kLanes);
+        at += Load(gt + (ph * wo + pw) * kLanes);
       }
+      Store(rn + (h * wo + pw) * kLanes, an);
+      Store(rt + (h * wo + pw) * kLanes, at);
+    }
+  const float c = g.a / (g.kh * g.kw);
+  for (int h = 0; h < hi; ++h)
+    for (int w = 0; w < wi; ++w) {
+      Vec an{}, at{};
+      for (int pw = tw_lo[w]; pw <= tw_hi[w]; ++pw) {
+        an += Load(rn + (h * wo + pw) * kLanes);
+        at += Load(rt + (h * wo + pw) * kLanes);
+      }
+      Store(gn_in + (h * wi + w) * kLanes, c * an);
+      Store(gtt_in + (h * wi + w) * kLanes, c * at);
+    }
 }
 
 // Forward through all layers for one (x2 image, x1 tile); returns K's lanes.
 template <bool kKeep, int KW, int CC>
 void Forward(const Geometry& g, Scratch& sc, const float* x1t,
-             const float* v1t, const float* is1t, const float* v2j,
-             const float* is2j, const float* offdiag, float* k_out) {
-  Layer1<KW, CC>(g, sc, x1t);
-  Relu<kKeep>(g, 0, sc, v1t, is1t, v2j, is2j, offdiag);
+             const float* v1t, const float* is1t, const X2Image& x2,
+             Vec offdiag, float* k_out) {
+  Layer1<KW, CC>(g, sc, x1t, x2);
+  Relu<kKeep>(g, 0, sc, v1t, is1t, x2, offdiag);
   for (int l = 1; l < g.depth; ++l) {
-    const int P = g.hl[l] * g.wl[l];
-    float* q = sc.q[l].data();
-    float* t = sc.t[l].data();
-    BoxSum(g, l, sc.n_out.data(), sc.rn.data(), q);
-    BoxSum(g, l, sc.tt_out.data(), sc.rt.data(), t);
-    const float c = g.a / (g.kh * g.kw);
-    for (int e = 0; e < P * kLanes; ++e) {
-      q[e] = c * q[e] + g.b;
-      t[e] = c * t[e] + q[e];
-    }
-    Relu<kKeep>(g, l, sc, v1t, is1t, v2j, is2j, offdiag);
+    ConvLayer(g, l, sc);
+    Relu<kKeep>(g, l, sc, v1t, is1t, x2, offdiag);
   }
+  if (kKeep) return;  // the backward needs no K
   const int L = g.depth - 1;
   const int P = g.hl[L] * g.wl[L];
-  float nm[kLanes] = {0}, tm[kLanes] = {0};
+  Vec nm{}, tm{};
   for (int p = 0; p < P; ++p) {
-#pragma omp simd
-    for (int k = 0; k < kLanes; ++k) {
-      nm[k] += sc.n_out[p * kLanes + k];
-      tm[k] += sc.tt_out[p * kLanes + k];
-    }
+    nm += Load(sc.n_out.data() + p * kLanes);
+    tm += Load(sc.tt_out.data() + p * kLanes);
   }
-  for (int k = 0; k < kLanes; ++k) {
-    float n = nm[k] / P, t = tm[k] / P;
-    for (int d = 0; d < g.num_dense; ++d) {
-      n = g.a * n + g.b;
-      t = n + g.a * t;
-    }
-    k_out[k] = t;
+  Vec n = nm * (1.f / P), t = tm * (1.f / P);
+  for (int d = 0; d < g.num_dense; ++d) {
+    n = g.a * n + g.b;
+    t = n + g.a * t;
   }
+  Store(k_out, t);
 }
 
 // Backward for one (x2 image, x1 tile) with K cotangents gk[lanes]:
@@ -411,94 +481,80 @@ void Forward(const Geometry& g, Scratch& sc, const float* x1t,
 // self-variance cotangents into sc.accv.
 template <int KW, int CC>
 void Backward(const Geometry& g, Scratch& sc, const float* x1t,
-              const float* v1t, const float* is1t, const float* v2j,
-              const float* is2j, const float* offdiag, const float* gk) {
-  float kk[kLanes];
-  Forward<true, KW, CC>(g, sc, x1t, v1t, is1t, v2j, is2j, offdiag, kk);
-  int L = g.depth - 1;
-  int P = g.hl[L] * g.wl[L];
+              const float* v1t, const float* is1t, const X2Image& x2,
+              Vec offdiag, const float* gk) {
+  Forward<true, KW, CC>(g, sc, x1t, v1t, is1t, x2, offdiag, nullptr);
+  const int L = g.depth - 1;
+  // Cotangents of the last ReLU's n, tt: Flatten's mean spreads K's evenly.
   float* gn = sc.gn.data();
   float* gtt = sc.gtt.data();
-  for (int p = 0; p < P; ++p)
-    for (int k = 0; k < kLanes; ++k) {
-      gn[p * kLanes + k] = gk[k] * g.dense_gn / P;
-      gtt[p * kLanes + k] = gk[k] * g.dense_gt / P;
+  float* gn2 = sc.gn2.data();
+  float* gtt2 = sc.gtt2.data();
+  {
+    const int P = g.hl[L] * g.wl[L];
+    const Vec an = Load(gk) * (g.dense_gn / P);
+    const Vec at = Load(gk) * (g.dense_gt / P);
+    for (int p = 0; p < P; ++p) {
+      Store(gn + p * kLanes, an);
+      Store(gtt + p * kLanes, at);
     }
-  const float c = g.a / (g.kh * g.kw);
+  }
   for (int l = L; l >= 0; --l) {
-    P = g.hl[l] * g.wl[l];
+    // ReLU l: (gn, gtt) become the cotangents of its inputs (q, t), in place.
+    const int P = g.hl[l] * g.wl[l];
     const float* q = sc.q[l].data();
     const float* t_in = sc.t[l].data();
     const float* r = sc.r[l].data();
     const float* dot = sc.dot[l].data();
     const float* inv_r = sc.inv_r[l].data();
-    float* gq = sc.gq.data();
-    float* gt = sc.gt_.data();
     float* accv = sc.accv.data() + g.voff[l] * kLanes;
     for (int p = 0; p < P; ++p) {
-      const float inv_v2 = 1.f / v2j[g.voff[l] + p];
-#pragma omp simd
-      for (int k = 0; k < kLanes; ++k) {
-        const int e = p * kLanes + k;
-        const float g_t = gtt[e] * dot[e];
-        const float gtr = gtt[e] * t_in[e] * inv_r[e];
-        gq[e] = gn[e] * dot[e] + gtr * kInvTwoPi + g_t;
-        gt[e] = g_t;
-        accv[p * kLanes + k] +=
-            (gn[e] * r[e] - gtr * q[e]) * (kInvFourPi * inv_v2);
-      }
+      const int e = p * kLanes;
+      const Vec gnv = Load(gn + e), gtv = Load(gtt + e), de = Load(dot + e);
+      const Vec g_t = gtv * de;
+      const Vec gtr = gtv * Load(t_in + e) * Load(inv_r + e);
+      Store(gn + e, gnv * de + gtr * kInvTwoPi + g_t);
+      Store(gtt + e, g_t);
+      Store(accv + e, Load(accv + e) +
+                          (gnv * Load(r + e) - gtr * Load(q + e)) *
+                              (kInvFourPi * x2.inv_v[g.voff[l] + p]));
     }
     if (l > 0) {
-      BoxSumT(g, l, gq, sc.g1.data(), gn);
-      BoxSumT(g, l, gt, sc.g2.data(), gtt);
-      const int Pp = g.hl[l - 1] * g.wl[l - 1];
-      for (int e = 0; e < Pp * kLanes; ++e) {
-        gn[e] *= c;
-        gtt[e] *= c;
-      }
+      ConvLayerT(g, l, sc, gn, gtt, gn2, gtt2);
+      std::swap(gn, gn2);
+      std::swap(gtt, gtt2);
     }
   }
   // First layer: q_1[ph, pw] = c1 sum_{dh, dw, ch} x2p x1p at
-  // (s ph + dh, s pw + dw) + b; gq holds its cotangent.
-  const int H1 = g.hl[0], W1 = g.wl[0];
+  // (s ph + dh, s pw + dw) + b; gn holds its cotangent. Per image row: the
+  // column-transposed row g1[pw], then per pixel its row-transposed value,
+  // contracted with x1 at once (the padding's cotangents are never needed).
+  const int W1 = g.wl[0];
   const int C = CC > 0 ? CC : g.C;
-  const int kh = KW > 0 ? KW : g.kh;
-  const float* gq = sc.gq.data();
-  float* g1 = sc.g1.data();  // (Hp, W1, lanes): column transpose
-  std::fill(g1, g1 + g.Hp * W1 * kLanes, 0.f);
-  for (int ph = 0; ph < H1; ++ph)
-    for (int dh = 0; dh < kh; ++dh) {
-      const int hp = g.s * ph + dh;
-      for (int pw = 0; pw < W1; ++pw) {
-        const float* src = gq + (ph * W1 + pw) * kLanes;
-        float* dst = g1 + (hp * W1 + pw) * kLanes;
-#pragma omp simd
-        for (int k = 0; k < kLanes; ++k) dst[k] += src[k];
-      }
-    }
-  // Row transpose onto the padded map: g2[hp, s pw + dw] += g1[hp, pw].
-  const int kw = KW > 0 ? KW : g.kw;
-  float* g2 = sc.gmap.data();  // (Hp, Wp, lanes)
-  std::fill(g2, g2 + g.Hp * g.Wp * kLanes, 0.f);
-  for (int hp = 0; hp < g.Hp; ++hp)
-    for (int pw = 0; pw < W1; ++pw) {
-      const float* src = g1 + (hp * W1 + pw) * kLanes;
-      for (int dw = 0; dw < kw; ++dw) {
-        float* dst = g2 + (hp * g.Wp + g.s * pw + dw) * kLanes;
-#pragma omp simd
-        for (int k = 0; k < kLanes; ++k) dst[k] += src[k];
-      }
-    }
-  // Contraction with x1, lane by lane (summed over lanes once per x2 image).
+  const int* th_lo = g.th_lo[0].data();
+  const int* th_hi = g.th_hi[0].data();
+  const int* tw_lo = g.tw_lo[0].data();
+  const int* tw_hi = g.tw_hi[0].data();
+  float* g1 = sc.rn.data();  // (W1, lanes)
   float* acc = sc.acc.data();
-  const int positions = g.Hp * g.Wp;
-  for (int pos = 0; pos < positions; ++pos) {
-    const float* gv = g2 + pos * kLanes;
-    for (int ch = 0; ch < C; ++ch) {
-      const float* xt = x1t + (pos * C + ch) * kLanes;
-      float* a = acc + (pos * C + ch) * kLanes;
-#pragma omp simd
-      for (int k = 0; k < kLanes; ++k) a[k] += gv[k] * xt[k];
+  for (int h = 0; h < g.H; ++h) {
+    const int hp = h + g.lo_h;
+    for (int pw = 0; pw < W1; ++pw) {
+      Vec a{};
+      for (int ph = th_lo[hp]; ph <= th_hi[hp]; ++ph)
+        a += Load(gn + (ph * W1 + pw) * kLanes);
+      Store(g1 + pw * kLanes, a);
+    }
+    for (int w = 0; w < g.W; ++w) {
+      const int wp = w + g.lo_w;
+      Vec gm{};
+      for (int pw = tw_lo[wp]; pw <= tw_hi[wp]; ++pw)
+        gm += Load(g1 + pw * kLanes);
+      const float* xt = x1t + (hp * g.Wp + wp) * C * kLanes;
+      float* a = acc + (h * g.W + w) * C * kLanes;
+      for (int ch = 0; ch < C; ++ch)
+        Store(a + ch * kLanes,
+              Load(a + ch * kLanes) + gm * Load(xt + ch * kLanes));
     }
   }
 }
@@ -557,14 +613,11 @@ ffi::Error CheckShapes(const ffi::Buffer<ffi::F32>& x1,
   return ffi::Error::Success();
 }
 
-void Is2(const Geometry& g, const float* v2j, float* is2) {
-  for (int q = 0; q < g.S; ++q)
-    is2[q] = 1.f / std::sqrt(std::max(v2j[q], kTiny));
-}
-
-void OffDiag(bool symmetric, int tile, int j, float* mask) {
+Vec OffDiag(bool symmetric, int tile, int j) {
+  Vec mask;
   for (int k = 0; k < kLanes; ++k)
     mask[k] = symmetric && (tile * kLanes + k == j) ? 0.f : 1.f;
+  return mask;
 }
 
 template <int KW, int CC>
@@ -616,22 +669,19 @@ void RunKernel(const Geometry& g, const PackedX1& p, const Sizes& sz,
 #pragma omp parallel
   {
     Scratch sc(g);
-    std::vector<float> is2(g.S);
+    X2Image x2(g);
     float kk[kLanes];
-    float mask[kLanes];
 #pragma omp for schedule(dynamic, 1)
     for (int j = 0; j < sz.n2; ++j) {
-      PadX2(g, x2d + static_cast<size_t>(j) * img, sc.x2p.data());
-      const float* v2j = v2d + static_cast<size_t>(j) * g.S;
-      Is2(g, v2j, is2.data());
+      x2.Set(g, x2d + static_cast<size_t>(j) * img,
+             v2d + static_cast<size_t>(j) * g.S);
       for (int t = 0; t < p.tiles; ++t) {
-        OffDiag(symmetric, t, j, mask);
-        Forward<false, KW, CC>(g, sc,
-                p.x.data() + static_cast<size_t>(t) * g.Hp * g.Wp * g.C *
-                                 kLanes,
-                p.v.data() + static_cast<size_t>(t) * g.S * kLanes,
-                p.is.data() + static_cast<size_t>(t) * g.S * kLanes, v2j,
-                is2.data(), mask, kk);
+        Forward<false, KW, CC>(
+            g, sc,
+            p.x.data() + static_cast<size_t>(t) * g.Hp * g.Wp * g.C * kLanes,
+            p.v.data() + static_cast<size_t>(t) * g.S * kLanes,
+            p.is.data() + static_cast<size_t>(t) * g.S * kLanes, x2,
+            OffDiag(symmetric, t, j), kk);
         for (int k = 0; k < kLanes; ++k) {
           const int i = t * kLanes + k;
           if (i < sz.n1) out[static_cast<size_t>(i) * sz.n2 + j] = kk[k];
@@ -675,14 +725,12 @@ void RunGrad(const Geometry& g, const PackedX1& p, const Sizes& sz,
 #pragma omp parallel
   {
     Scratch sc(g);
-    std::vector<float> is2(g.S);
-    float gkl[kLanes];
-    float mask[kLanes];
+    X2Image x2(g);
+    alignas(64) float gkl[kLanes];
 #pragma omp for schedule(dynamic, 1)
     for (int j = 0; j < sz.n2; ++j) {
-      PadX2(g, x2d + static_cast<size_t>(j) * img, sc.x2p.data());
-      const float* v2j = v2d + static_cast<size_t>(j) * g.S;
-      Is2(g, v2j, is2.data());
+      x2.Set(g, x2d + static_cast<size_t>(j) * img,
+             v2d + static_cast<size_t>(j) * g.S);
       std::fill(sc.acc.begin(), sc.acc.end(), 0.f);
       std::fill(sc.accv.begin(), sc.accv.end(), 0.f);
       for (int t = 0; t < p.tiles; ++t) {
@@ -693,25 +741,20 @@ void RunGrad(const Geometry& g, const PackedX1& p, const Sizes& sz,
           any |= gkl[k] != 0.f;
         }
         if (!any) continue;
-        OffDiag(symmetric, t, j, mask);
-        Backward<KW, CC>(g, sc,
-                 p.x.data() + static_cast<size_t>(t) * g.Hp * g.Wp * g.C *
-                                  kLanes,
-                 p.v.data() + static_cast<size_t>(t) * g.S * kLanes,
-                 p.is.data() + static_cast<size_t>(t) * g.S * kLanes, v2j,
-                 is2.data(), mask, gkl);
+        Backward<KW, CC>(
+            g, sc,
+            p.x.data() + static_cast<size_t>(t) * g.Hp * g.Wp * g.C * kLanes,
+            p.v.data() + static_cast<size_t>(t) * g.S * kLanes,
+            p.is.data() + static_cast<size_t>(t) * g.S * kLanes, x2,
+            OffDiag(symmetric, t, j), gkl);
       }
       float* gxj = gx + static_cast<size_t>(j) * img;
-      for (int h = 0; h < g.H; ++h)
-        for (int w = 0; w < g.W; ++w)
-          for (int ch = 0; ch < g.C; ++ch) {
-            const float* av =
-                sc.acc.data() +
-                (((h + g.lo_h) * g.Wp + w + g.lo_w) * g.C + ch) * kLanes;
-            float s = 0.f;
-            for (int k = 0; k < kLanes; ++k) s += av[k];
-            gxj[(h * g.W + w) * g.C + ch] = c1 * s;
-          }
+      for (int e = 0; e < img; ++e) {
+        const float* av = sc.acc.data() + e * kLanes;
+        float s = 0.f;
+        for (int k = 0; k < kLanes; ++k) s += av[k];
+        gxj[e] = c1 * s;
+      }
       float* gvj = gv + static_cast<size_t>(j) * g.S;
       for (int q = 0; q < g.S; ++q) {
         float s = 0.f;
