@@ -261,8 +261,6 @@ struct Scratch {
   Floats n_out, tt_out;                         // (h, w, lanes) ReLU outputs
   Floats rn, rt;                                // row window sums
   Floats gn, gtt, gn2, gtt2;                    // backward, ping-pong
-  Floats acc;                                   // (H, W, C, lanes)
-  Floats accv;                                  // (S, lanes)
 
   explicit Scratch(const Geometry& g) {
     // Rows of the padding (never written) stay zero.
@@ -282,8 +280,6 @@ struct Scratch {
     rt.assign(big, 0.f);
     gn.assign(p0, 0.f); gtt.assign(p0, 0.f);
     gn2.assign(p0, 0.f); gtt2.assign(p0, 0.f);
-    acc.assign(g.H * g.W * g.C * kLanes, 0.f);
-    accv.assign(g.S * kLanes, 0.f);
   }
 };
 
@@ -477,12 +473,12 @@ void Forward(const Geometry& g, Scratch& sc, const float* x1t,
 }
 
 // Backward for one (x2 image, x1 tile) with K cotangents gk[lanes]:
-// accumulates the first-layer contraction into sc.acc and the x2
-// self-variance cotangents into sc.accv.
+// accumulates the first-layer contraction into acc (H, W, C, lanes) and the
+// x2 self-variance cotangents into accv (S, lanes).
 template <int KW, int CC>
 void Backward(const Geometry& g, Scratch& sc, const float* x1t,
               const float* v1t, const float* is1t, const X2Image& x2,
-              Vec offdiag, const float* gk) {
+              Vec offdiag, const float* gk, float* acc, float* accv_all) {
   Forward<true, KW, CC>(g, sc, x1t, v1t, is1t, x2, offdiag, nullptr);
   const int L = g.depth - 1;
   // Cotangents of the last ReLU's n, tt: Flatten's mean spreads K's evenly.
@@ -507,7 +503,7 @@ void Backward(const Geometry& g, Scratch& sc, const float* x1t,
     const float* r = sc.r[l].data();
     const float* dot = sc.dot[l].data();
     const float* inv_r = sc.inv_r[l].data();
-    float* accv = sc.accv.data() + g.voff[l] * kLanes;
+    float* accv = accv_all + g.voff[l] * kLanes;
     for (int p = 0; p < P; ++p) {
       const int e = p * kLanes;
       const Vec gnv = Load(gn + e), gtv = Load(gtt + e), de = Load(dot + e);
@@ -536,7 +532,6 @@ void Backward(const Geometry& g, Scratch& sc, const float* x1t,
   const int* tw_lo = g.tw_lo[0].data();
   const int* tw_hi = g.tw_hi[0].data();
   float* g1 = sc.rn.data();  // (W1, lanes)
-  float* acc = sc.acc.data();
   for (int h = 0; h < g.H; ++h) {
     const int hp = h + g.lo_h;
     for (int pw = 0; pw < W1; ++pw) {
@@ -661,30 +656,50 @@ ffi::Error KernelImpl(ffi::Buffer<ffi::F32> x1, ffi::Buffer<ffi::F32> x2,
   return ffi::Error::Success();
 }
 
+// The Run functions give each thread blocks of up to kX2Block x2 images and
+// loop over the x1 tiles outside the block's images: a tile's packed x1
+// (60 KiB for MNIST) then comes from memory once per block and from L2 for
+// the other images, instead of once per (image, tile) pair (measured: 8
+// images, -25% time on MNIST; 16 no better). Small n2 get smaller blocks,
+// so that every thread still has several.
+constexpr int kX2Block = 8;
+
+int X2BlockSize(int n2) {
+  return std::max(1, std::min(kX2Block, n2 / (4 * omp_get_max_threads())));
+}
+
 template <int KW, int CC>
 void RunKernel(const Geometry& g, const PackedX1& p, const Sizes& sz,
                const float* x2d, const float* v2d, bool symmetric,
                float* out) {
   const int img = sz.H * sz.W * sz.C;
+  const int bs = X2BlockSize(sz.n2);
+  const int blocks = (sz.n2 + bs - 1) / bs;
 #pragma omp parallel
   {
     Scratch sc(g);
-    X2Image x2(g);
-    float kk[kLanes];
+    std::vector<X2Image> x2(bs, X2Image(g));
+    alignas(64) float kk[kLanes];
 #pragma omp for schedule(dynamic, 1)
-    for (int j = 0; j < sz.n2; ++j) {
-      x2.Set(g, x2d + static_cast<size_t>(j) * img,
-             v2d + static_cast<size_t>(j) * g.S);
+    for (int blk = 0; blk < blocks; ++blk) {
+      const int j0 = blk * bs;
+      const int nb = std::min(bs, sz.n2 - j0);
+      for (int b = 0; b < nb; ++b)
+        x2[b].Set(g, x2d + static_cast<size_t>(j0 + b) * img,
+                  v2d + static_cast<size_t>(j0 + b) * g.S);
       for (int t = 0; t < p.tiles; ++t) {
-        Forward<false, KW, CC>(
-            g, sc,
-            p.x.data() + static_cast<size_t>(t) * g.Hp * g.Wp * g.C * kLanes,
-            p.v.data() + static_cast<size_t>(t) * g.S * kLanes,
-            p.is.data() + static_cast<size_t>(t) * g.S * kLanes, x2,
-            OffDiag(symmetric, t, j), kk);
-        for (int k = 0; k < kLanes; ++k) {
-          const int i = t * kLanes + k;
-          if (i < sz.n1) out[static_cast<size_t>(i) * sz.n2 + j] = kk[k];
+        for (int b = 0; b < nb; ++b) {
+          const int j = j0 + b;
+          Forward<false, KW, CC>(
+              g, sc,
+              p.x.data() + static_cast<size_t>(t) * g.Hp * g.Wp * g.C * kLanes,
+              p.v.data() + static_cast<size_t>(t) * g.S * kLanes,
+              p.is.data() + static_cast<size_t>(t) * g.S * kLanes, x2[b],
+              OffDiag(symmetric, t, j), kk);
+          for (int k = 0; k < kLanes; ++k) {
+            const int i = t * kLanes + k;
+            if (i < sz.n1) out[static_cast<size_t>(i) * sz.n2 + j] = kk[k];
+          }
         }
       }
     }
@@ -722,44 +737,59 @@ void RunGrad(const Geometry& g, const PackedX1& p, const Sizes& sz,
              const float* gkd, float* gx, float* gv) {
   const int img = sz.H * sz.W * sz.C;
   const float c1 = g.a / (g.kh * g.kw * sz.C);
+  const int bs = X2BlockSize(sz.n2);
+  const int blocks = (sz.n2 + bs - 1) / bs;
+  const int acc_size = img * kLanes, accv_size = g.S * kLanes;
 #pragma omp parallel
   {
     Scratch sc(g);
-    X2Image x2(g);
+    std::vector<X2Image> x2(bs, X2Image(g));
+    Floats acc(bs * acc_size), accv(bs * accv_size);
     alignas(64) float gkl[kLanes];
 #pragma omp for schedule(dynamic, 1)
-    for (int j = 0; j < sz.n2; ++j) {
-      x2.Set(g, x2d + static_cast<size_t>(j) * img,
-             v2d + static_cast<size_t>(j) * g.S);
-      std::fill(sc.acc.begin(), sc.acc.end(), 0.f);
-      std::fill(sc.accv.begin(), sc.accv.end(), 0.f);
+    for (int blk = 0; blk < blocks; ++blk) {
+      const int j0 = blk * bs;
+      const int nb = std::min(bs, sz.n2 - j0);
+      for (int b = 0; b < nb; ++b)
+        x2[b].Set(g, x2d + static_cast<size_t>(j0 + b) * img,
+                  v2d + static_cast<size_t>(j0 + b) * g.S);
+      std::fill(acc.begin(), acc.end(), 0.f);
+      std::fill(accv.begin(), accv.end(), 0.f);
       for (int t = 0; t < p.tiles; ++t) {
-        bool any = false;
-        for (int k = 0; k < kLanes; ++k) {
-          const int i = t * kLanes + k;
-          gkl[k] = i < sz.n1 ? gkd[static_cast<size_t>(i) * sz.n2 + j] : 0.f;
-          any |= gkl[k] != 0.f;
+        for (int b = 0; b < nb; ++b) {
+          const int j = j0 + b;
+          bool any = false;
+          for (int k = 0; k < kLanes; ++k) {
+            const int i = t * kLanes + k;
+            gkl[k] =
+                i < sz.n1 ? gkd[static_cast<size_t>(i) * sz.n2 + j] : 0.f;
+            any |= gkl[k] != 0.f;
+          }
+          if (!any) continue;
+          Backward<KW, CC>(
+              g, sc,
+              p.x.data() + static_cast<size_t>(t) * g.Hp * g.Wp * g.C * kLanes,
+              p.v.data() + static_cast<size_t>(t) * g.S * kLanes,
+              p.is.data() + static_cast<size_t>(t) * g.S * kLanes, x2[b],
+              OffDiag(symmetric, t, j), gkl, acc.data() + b * acc_size,
+              accv.data() + b * accv_size);
         }
-        if (!any) continue;
-        Backward<KW, CC>(
-            g, sc,
-            p.x.data() + static_cast<size_t>(t) * g.Hp * g.Wp * g.C * kLanes,
-            p.v.data() + static_cast<size_t>(t) * g.S * kLanes,
-            p.is.data() + static_cast<size_t>(t) * g.S * kLanes, x2,
-            OffDiag(symmetric, t, j), gkl);
       }
-      float* gxj = gx + static_cast<size_t>(j) * img;
-      for (int e = 0; e < img; ++e) {
-        const float* av = sc.acc.data() + e * kLanes;
-        float s = 0.f;
-        for (int k = 0; k < kLanes; ++k) s += av[k];
-        gxj[e] = c1 * s;
-      }
-      float* gvj = gv + static_cast<size_t>(j) * g.S;
-      for (int q = 0; q < g.S; ++q) {
-        float s = 0.f;
-        for (int k = 0; k < kLanes; ++k) s += sc.accv[q * kLanes + k];
-        gvj[q] = s;
+      for (int b = 0; b < nb; ++b) {
+        float* gxj = gx + static_cast<size_t>(j0 + b) * img;
+        const float* ab = acc.data() + b * acc_size;
+        for (int e = 0; e < img; ++e) {
+          float s = 0.f;
+          for (int k = 0; k < kLanes; ++k) s += ab[e * kLanes + k];
+          gxj[e] = c1 * s;
+        }
+        float* gvj = gv + static_cast<size_t>(j0 + b) * g.S;
+        const float* vb = accv.data() + b * accv_size;
+        for (int q = 0; q < g.S; ++q) {
+          float s = 0.f;
+          for (int k = 0; k < kLanes; ++k) s += vb[q * kLanes + k];
+          gvj[q] = s;
+        }
       }
     }
   }
