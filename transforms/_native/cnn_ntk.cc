@@ -3,16 +3,18 @@
 // module docstring); this file only organises them for the CPU:
 //
 // * The x1 images are packed in tiles of kLanes images, image index minor:
-//   every per-pair quantity is an array [position][kLanes], and the loops
-//   over the lanes are what the compiler vectorises (one AVX-512 register).
+//   every per-pair quantity is an array [position][kLanes] of Vec (one
+//   AVX-512 register), 64-byte aligned.
 // * One (x2 image j, x1 tile) pair of loops runs all layers with a tile's
 //   arrays in L1/L2: nothing per pair is written to memory.
-// * Threads (OpenMP) take x2 images; each writes only its own rows of the
-//   outputs, so no reductions across threads.
+// * Threads (OpenMP) take blocks of x2 images (the tile loop outside the
+//   block's images reuses each packed x1 tile from L2); each writes only its
+//   own rows of the outputs, so no reductions across threads.
 // * The backward pass recomputes the forward for a tile, keeps each ReLU
 //   layer's q, t, r, dot, 1/r, and propagates the cotangent back through
-//   transposed window sums to the padded first-layer map, where it is
-//   contracted with x1 and summed over the lanes once per x2 image.
+//   transposed window sums (gathered: each entry written once) to the first
+//   layer's image pixels, where it is contracted with x1 as it is formed,
+//   and summed over the lanes once per x2 image.
 //
 // Per-image quantities (the self-variances v of each conv layer) are
 // inputs: they are computed, and differentiated, in JAX.
