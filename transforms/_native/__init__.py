@@ -39,6 +39,8 @@ _HERE = pathlib.Path(__file__).parent
 _LIBRARIES: Dict[str, Tuple[str, Dict[str, str]]] = {
     "cnn_ntk": ("cnn_ntk.cc", {"ntga_cnn_ntk": "NtgaCnnNtk",
                                "ntga_cnn_ntk_grad_x2": "NtgaCnnNtkGradX2"}),
+    "fnn_ntk": ("fnn_ntk.cc", {"ntga_fnn_ntk": "NtgaFnnNtk",
+                               "ntga_fnn_ntk_bwd": "NtgaFnnNtkBwd"}),
 }
 _FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp",
           "-fno-math-errno",
