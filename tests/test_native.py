@@ -154,15 +154,15 @@ def test_ntga_step_with_the_native_kernel_matches_float64(digits):
   val = ntga._validation_chunks(c, config, 12)
   programs = ntga._programs(ntga._math_key(config), 10, x.shape[1:])
   assert "ntga_cnn_ntk" in programs.loss_and_grad.lower(
-      jnp.asarray(pgd.snap(c.x_in)[0]),
+      jnp.asarray(pgd.snap(c.x)[0]),
       jax.nn.one_hot(c.y, 10), val).as_text()
-  loss, grad = programs.loss_and_grad(jnp.asarray(pgd.snap(c.x_in)[0]),
+  loss, grad = programs.loss_and_grad(jnp.asarray(pgd.snap(c.x)[0]),
                                       jax.nn.one_hot(c.y, 10), val)
   with enable_x64():
     kernel = kernels.kernel_fn("cnn", image_shape=x.shape[1:],
                                num_classes=10)
-    x0 = jnp.asarray(pgd.snap(c.x_in, np.float64)[0])
-    xv0 = jnp.asarray(pgd.snap(c.x_val_in, np.float64)[0])
+    x0 = jnp.asarray(pgd.snap(c.x, np.float64)[0])
+    xv0 = jnp.asarray(pgd.snap(c.x_val, np.float64)[0])
     y1h = jax.nn.one_hot(c.y, 10, dtype=jnp.float64)
 
     def plain(x):

@@ -310,13 +310,17 @@ def _chunk_validation(x_val, y_val, chunk: int, *, dtype=np.float32,
 
 
 class _Checked(NamedTuple):
-  x: np.ndarray        # float32 in [0, 1]
+  # Images as given (uint8, or float in [0, 1]), checked but not converted:
+  # `pgd.snap` converts them (per block) onto the 8-bit grid.
+  x: np.ndarray
   y: np.ndarray
   x_val: np.ndarray
   y_val: np.ndarray
   num_classes: int
-  x_in: np.ndarray     # the images as given (uint8 or float), for `pgd.snap`
-  x_val_in: np.ndarray
+
+  @property
+  def x_in(self) -> np.ndarray:  # TODO(session 11): drop once tests use .x
+    return self.x
 
 
 def _check_inputs(x_train, y_train, x_val, y_val, num_classes,
@@ -324,16 +328,20 @@ def _check_inputs(x_train, y_train, x_val, y_val, num_classes,
   if not isinstance(config, NTGAConfig):
     raise ValueError(
         f"config must be an NTGAConfig, got {type(config).__name__}.")
-  x = _checks.images("x_train", x_train)
-  xv = _checks.images("x_val", x_val)
+  x = _checks.checked_images("x_train", x_train)
+  xv = _checks.checked_images("x_val", x_val)
   _checks.same_trailing_shape("x_val", xv, "x_train", x)
   num_classes = _checks.num_classes(num_classes, y_train, y_val)
   y = _checks.labels("y_train", y_train, num_examples=x.shape[0],
                      images_name="x_train", num_classes=num_classes)
   yv = _checks.labels("y_val", y_val, num_examples=xv.shape[0],
                       images_name="x_val", num_classes=num_classes)
-  return _Checked(x, y, xv, yv, num_classes, np.asarray(x_train),
-                  np.asarray(x_val))
+  return _Checked(x, y, xv, yv, num_classes)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+  """Checked images in [0, 1]: uint8 divided by 255, floats as they are."""
+  return x.astype(np.float32) / np.float32(255) if x.dtype == np.uint8 else x
 
 
 def _validation_chunks(c: "_Checked", config: NTGAConfig,
@@ -341,7 +349,7 @@ def _validation_chunks(c: "_Checked", config: NTGAConfig,
   """The checked validation set, on the 8-bit grid, in equal chunks."""
   chunk = _chunk_size(config, n_train, c.x.shape[1:])
   return _chunk_validation(
-      c.x_val_in, c.y_val, chunk, dtype=config.dtype,
+      c.x_val, c.y_val, chunk, dtype=config.dtype,
       form=kernels.gram_form(config.surrogate, depth=config.depth))
 
 
@@ -394,7 +402,7 @@ def poison_block(x_block, y_block, *, x_val, y_val, key,
   _check_key(key)
   with _precision(config):
     val = _validation_chunks(c, config, c.x.shape[0])
-    return _attack(c.x_in, c.y, val, key=key, config=config,
+    return _attack(c.x, c.y, val, key=key, config=config,
                    num_classes=c.num_classes, on_step=on_step)
 
 
@@ -434,7 +442,7 @@ def poison(x_train, y_train, *, x_val, y_val, key, config: NTGAConfig,
       if on_block is not None:
         on_block(b, num_blocks)
       sl = slice(b * bs, min(n, (b + 1) * bs))
-      out[sl] = _attack(c.x_in[sl], c.y[sl], val,
+      out[sl] = _attack(c.x[sl], c.y[sl], val,
                         key=jax.random.fold_in(key, b), config=config,
                         num_classes=c.num_classes, on_step=on_step)
   return out
@@ -448,7 +456,8 @@ def surrogate_loss(x_block, y_block, *, x_val, y_val, config: NTGAConfig,
   with _precision(config):
     val = _validation_chunks(c, config, c.x.shape[0])
     y1h = jax.nn.one_hot(c.y, c.num_classes, dtype=config.dtype)
-    return float(programs.loss(jnp.asarray(c.x, config.dtype), y1h, val))
+    return float(programs.loss(jnp.asarray(_unit(c.x), config.dtype), y1h,
+                               val))
 
 
 def predict(x_train, y_train, x_test, *, config: NTGAConfig,
@@ -477,7 +486,7 @@ def predict(x_train, y_train, x_test, *, config: NTGAConfig,
   out = []
   with _precision(config):
     y1h = jax.nn.one_hot(c.y, c.num_classes, dtype=config.dtype)
-    x_tr = jnp.asarray(c.x, config.dtype)
+    x_tr = jnp.asarray(_unit(c.x), config.dtype)
     alpha = programs.weights(x_tr, y1h)
     for start in range(0, x_test_f.shape[0], chunk):
       xc = x_test_f[start:start + chunk]
