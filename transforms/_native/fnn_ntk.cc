@@ -25,7 +25,7 @@
 // which thread ran what. The 16 lanes of a vector are 16 consecutive
 // columns j. Per-example terms are computed once per call, in
 // double precision, into arrays padded to whole vectors (padding lanes get
-// a = 1, c0 = 0, K_bar = 0: finite, and they contribute nothing).
+// zero images: finite, and they contribute nothing).
 //
 // Divisions and square roots are replaced by the AVX-512 estimates
 // (rsqrt14, rcp14) with one Newton step (relative error ~1e-8, below
@@ -172,7 +172,8 @@ ffi::Error ReadParams(const ffi::Buffer<ffi::F32>& buf, Params* p) {
   return ffi::Error::Success();
 }
 
-// Per-example terms of every Erf layer l, arrays [l][n padded to kLanes]:
+// Per-example terms of every Erf layer l, arrays [l][n padded to kLanes]
+// (zero images after the n real ones):
 // a = 1 + 2 q_l, inv_a = 1 / a, s = d a / d p (the forward-mode chain of
 // q_{l+1} = W^2 2/pi atan(q_l / sqrt(q_l + 1/4)) + b^2, whose derivative in
 // q_l is W^2 / (pi (q_l + 1/2) sqrt(q_l + 1/4))).
@@ -182,12 +183,17 @@ struct PerExample {
 
   PerExample(const float* p, int n_, const Params& pr)
       : n(n_), stride((n_ + kLanes - 1) / kLanes * kLanes) {
-    a.assign(static_cast<size_t>(pr.depth) * stride, 1.f);
-    inv_a.assign(a.size(), 1.f);
-    s.assign(a.size(), 0.f);
+    a.resize(static_cast<size_t>(pr.depth) * stride);
+    inv_a.resize(a.size());
+    s.resize(a.size());
     const double w2 = pr.w2, b2 = pr.b2;
-    for (int i = 0; i < n; ++i) {
-      double q = w2 * p[i] + b2, dq = w2;
+    // Padding columns are zero images (p = 0, and c0 = 0 is loaded for
+    // them): every quantity stays finite there, so that their lanes (never
+    // stored, and multiplied by K_bar = 0) cannot put NaNs into the row
+    // sums. (Padding a = 1 let det go negative a layer later: r = 1e15,
+    // k overflowing after a few layers, and 0 * inf.)
+    for (int i = 0; i < stride; ++i) {
+      double q = w2 * (i < n ? p[i] : 0.f) + b2, dq = w2;
       for (int l = 0; l < pr.depth; ++l) {
         const size_t at = static_cast<size_t>(l) * stride + i;
         a[at] = static_cast<float>(1 + 2 * q);
