@@ -94,3 +94,24 @@ def test_fused_fnn_ntk_gradients_in_both_arguments_and_self_kernel(depth):
     for ours, ref, at in cases:
       np.testing.assert_allclose(jax.grad(ours)(at), jax.grad(ref)(at),
                                  rtol=1e-9, atol=1e-12)
+
+
+def test_self_gram_backward_is_one_matmul_with_the_same_gradient():
+  """`ntk(x, x)` (one array object) differentiates its Gram matrix as
+  (g + g^T) x / d: the gradient of gram(x1, x2) at x1 = x2 = x, with one
+  matmul against x instead of two."""
+  rng = np.random.default_rng(3)
+  with enable_x64():
+    x = rng.uniform(size=(6, 20))
+    g = rng.normal(size=(6, 6))
+    got = jax.grad(lambda a: jnp.sum(g * _fnn_ntk.self_gram(a)))(x)
+    want = jax.grad(lambda a: jnp.sum(g * _fnn_ntk.gram(a, a + 0.0)))(x)
+    np.testing.assert_allclose(got, want, rtol=1e-13)
+    np.testing.assert_allclose(_fnn_ntk.self_gram(x), _fnn_ntk.gram(x, x),
+                               rtol=1e-15)
+
+    def dots(f):
+      jaxpr = jax.make_jaxpr(jax.grad(lambda a: jnp.sum(g * f(a))))(x)
+      return str(jaxpr).count("dot_general")
+
+    assert dots(_fnn_ntk.self_gram) == dots(lambda a: _fnn_ntk.gram(a, a)) - 1
