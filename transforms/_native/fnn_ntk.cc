@@ -263,7 +263,9 @@ void ParallelFor(ffi::ThreadPool& pool, int blocks,
 // Lane vectors per tile: the layer recursion is one long dependency chain
 // per vector (~500 cycles of latency for 5 layers), so a tile runs U
 // independent chains interleaved, op by op, for the out-of-order core to
-// overlap.
+// overlap. Measured at (2000, 512), 2 threads: U = 1 -> 4 took the forward
+// from 2.75 to 1.55 ns per pair and the backward from 4.3 to 2.2 (U = 2, 3,
+// 5, 6, 8 were slower than 4).
 constexpr int kForwardU = 4;
 constexpr int kBackwardU = 4;
 
