@@ -164,7 +164,7 @@ def _step(digits, monkeypatch, native: bool):
   ntga._programs.cache_clear()  # retrace under this environment
   try:
     programs = ntga._programs(ntga._math_key(config), 10, x.shape[1:])
-    args = (jnp.asarray(pgd.snap(c.x_in)[0]), jax.nn.one_hot(c.y, 10), val)
+    args = (jnp.asarray(pgd.snap(c.x)[0]), jax.nn.one_hot(c.y, 10), val)
     hlo = programs.loss_and_grad.lower(*args).as_text()
     assert ("ntga_fnn_ntk" in hlo) == native
     return programs.loss_and_grad(*args)

@@ -135,8 +135,11 @@ def kernel_fn(surrogate: str, *, image_shape: Sequence[int], num_classes: int,
                               width=512 if width is None else width)
 
     def k(x1, x2):
+      # One array object for both: `_fnn_ntk.ntk` then takes the self-Gram
+      # path (its backward is one matmul instead of two).
+      same = x1 is x2
       x1 = x1.reshape(x1.shape[0], -1)
-      x2 = x2.reshape(x2.shape[0], -1)
+      x2 = x1 if same else x2.reshape(x2.shape[0], -1)
       if impl == "fast":
         return _fnn_ntk.ntk(x1, x2, depth=depth, W_std=W_STD, b_std=B_STD)
       return stax_kernel(x1, x2, "ntk")

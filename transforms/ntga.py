@@ -318,10 +318,6 @@ class _Checked(NamedTuple):
   y_val: np.ndarray
   num_classes: int
 
-  @property
-  def x_in(self) -> np.ndarray:  # TODO(session 11): drop once tests use .x
-    return self.x
-
 
 def _check_inputs(x_train, y_train, x_val, y_val, num_classes,
                   config) -> _Checked:
