@@ -610,6 +610,30 @@ ffi::Error CheckShapes(const ffi::Buffer<ffi::F32>& x1,
   return ffi::Error::Success();
 }
 
+// What both handlers read from their common arguments, checked.
+struct Call {
+  Params pr;
+  Sizes sz;
+  Geometry g;
+};
+
+ffi::Error ReadCall(const ffi::Buffer<ffi::F32>& x1,
+                    const ffi::Buffer<ffi::F32>& x2,
+                    const ffi::Buffer<ffi::F32>& v1,
+                    const ffi::Buffer<ffi::F32>& v2,
+                    const ffi::Buffer<ffi::F32>& params, Call* c) {
+  ffi::Error err = ReadParams(params, &c->pr);
+  if (err.failure()) return err;
+  err = CheckShapes(x1, x2, v1, v2, &c->sz);
+  if (err.failure()) return err;
+  const Params& pr = c->pr;
+  c->g = MakeGeometry(c->sz.H, c->sz.W, c->sz.C, pr.depth, pr.kh, pr.kw,
+                      pr.stride, pr.a, pr.b, pr.num_dense);
+  if (v1.dimensions()[1] != c->g.S || v2.dimensions()[1] != c->g.S)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "v has wrong S");
+  return ffi::Error::Success();
+}
+
 Vec OffDiag(bool symmetric, int tile, int j) {
   Vec mask;
   for (int k = 0; k < kLanes; ++k)
@@ -641,17 +665,12 @@ ffi::Error KernelImpl(ffi::Buffer<ffi::F32> x1, ffi::Buffer<ffi::F32> x2,
                       ffi::Buffer<ffi::F32> v1, ffi::Buffer<ffi::F32> v2,
                       ffi::Buffer<ffi::F32> params,
                       ffi::ResultBuffer<ffi::F32> k_out) {
-  Params pr;
-  ffi::Error err = ReadParams(params, &pr);
+  Call c;
+  ffi::Error err = ReadCall(x1, x2, v1, v2, params, &c);
   if (err.failure()) return err;
-  Sizes sz;
-  err = CheckShapes(x1, x2, v1, v2, &sz);
-  if (err.failure()) return err;
-  const Geometry g = MakeGeometry(sz.H, sz.W, sz.C, pr.depth, pr.kh, pr.kw,
-                                  pr.stride, pr.a, pr.b, pr.num_dense);
-  const bool symmetric = pr.symmetric;
-  if (v1.dimensions()[1] != g.S)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "v has wrong S");
+  const Geometry& g = c.g;
+  const Sizes& sz = c.sz;
+  const bool symmetric = c.pr.symmetric;
   const PackedX1 p = PackX1(g, x1.typed_data(), v1.typed_data(), sz.n1);
   DISPATCH(RunKernel, g, p, sz, x2.typed_data(), v2.typed_data(), symmetric,
            k_out->typed_data());
@@ -713,17 +732,12 @@ ffi::Error GradImpl(ffi::Buffer<ffi::F32> x1, ffi::Buffer<ffi::F32> x2,
                     ffi::Buffer<ffi::F32> gk, ffi::Buffer<ffi::F32> params,
                     ffi::ResultBuffer<ffi::F32> gx2,
                     ffi::ResultBuffer<ffi::F32> gv2) {
-  Params pr;
-  ffi::Error err = ReadParams(params, &pr);
+  Call c;
+  ffi::Error err = ReadCall(x1, x2, v1, v2, params, &c);
   if (err.failure()) return err;
-  Sizes sz;
-  err = CheckShapes(x1, x2, v1, v2, &sz);
-  if (err.failure()) return err;
-  const Geometry g = MakeGeometry(sz.H, sz.W, sz.C, pr.depth, pr.kh, pr.kw,
-                                  pr.stride, pr.a, pr.b, pr.num_dense);
-  const bool symmetric = pr.symmetric;
-  if (v1.dimensions()[1] != g.S)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "v has wrong S");
+  const Geometry& g = c.g;
+  const Sizes& sz = c.sz;
+  const bool symmetric = c.pr.symmetric;
   auto dg = gk.dimensions();
   if (dg.size() != 2 || dg[0] != sz.n1 || dg[1] != sz.n2)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "gk must be (n1, n2)");
