@@ -148,3 +148,19 @@ def test_bad_arguments_raise():
   k = kernels.kernel_fn("cnn", image_shape=(8, 8, 1), num_classes=3)
   with pytest.raises(ValueError, match="shape"):
     k(jnp.zeros((2, 8, 8, 1)), jnp.zeros((2, 8, 9, 1)))
+
+
+@pytest.mark.parametrize("surrogate", ["fnn", "cnn"])
+def test_every_impl_computes_the_same_kernel(surrogate):
+  shape = (8, 8, 1)
+  rng = np.random.default_rng(0)
+  x1 = rng.uniform(size=(5,) + shape).astype(np.float32)
+  x2 = rng.uniform(size=(3,) + shape).astype(np.float32)
+  out = {impl: np.asarray(jax.jit(kernels.kernel_fn(
+      surrogate, image_shape=shape, num_classes=10, impl=impl))(x1, x2))
+         for impl in kernels.IMPLS}
+  for impl in ("fast", "native", "jax"):
+    np.testing.assert_allclose(out[impl], out["nt"], rtol=2e-5)
+  with pytest.raises(ValueError, match="impl"):
+    kernels.kernel_fn(surrogate, image_shape=shape, num_classes=10,
+                      impl="exact")

@@ -38,10 +38,10 @@ import jax.numpy as jnp
 from ntga_tfds.transforms import _checks
 from ntga_tfds.transforms import _cnn_ntk
 from ntga_tfds.transforms import _fnn_ntk
+from ntga_tfds.transforms import _gram
 
 SURROGATES = ("fnn", "cnn")
-CNN_IMPLS = ("fast", "native", "jax", "nt")
-FNN_IMPLS = ("fast", "nt")
+IMPLS = ("fast", "native", "jax", "nt")
 W_STD = math.sqrt(1.76)
 B_STD = math.sqrt(0.18)
 LARGE_IMAGE_SIDE = 128
@@ -112,10 +112,10 @@ def kernel_fn(surrogate: str, *, image_shape: Sequence[int], num_classes: int,
       on it).
     depth, width, strides: override the paper's defaults (see module doc);
       `strides` applies to the CNN only, `width` to the FNN only.
-    impl: "fast" (default: `_cnn_ntk` for the CNN, native C++ in float32 on
-      the CPU, else pure JAX; `_fnn_ntk` for the FNN) or "nt"
-      (neural-tangents' `stax` kernel); all compute the same kernel. CNN
-      only: "native" or "jax" force one implementation of `_cnn_ntk`.
+    impl: "fast" (default: `_fnn_ntk` / `_cnn_ntk`, native C++ in float32
+      on the CPU, else pure JAX) or "nt" (neural-tangents' `stax` kernel);
+      all compute the same kernel. "native" or "jax" force one
+      implementation of the fast kernel.
     step_size: CNN pure-JAX kernel only: x2 images per step of its loop
       (default: a cache-sized choice, `_cnn_ntk.default_step_size`).
 
@@ -128,7 +128,7 @@ def kernel_fn(surrogate: str, *, image_shape: Sequence[int], num_classes: int,
   _checks.choice(surrogate, "surrogate", SURROGATES)
   image_shape = tuple(int(s) for s in image_shape)
   if surrogate == "fnn":
-    _checks.choice(impl, "impl", FNN_IMPLS)
+    _checks.choice(impl, "impl", IMPLS)
     depth = _checks.positive_int(5 if depth is None else depth, "depth")
     if impl == "nt":
       _, _, stax_kernel = fnn(depth=depth,
@@ -140,16 +140,17 @@ def kernel_fn(surrogate: str, *, image_shape: Sequence[int], num_classes: int,
       same = x1 is x2
       x1 = x1.reshape(x1.shape[0], -1)
       x2 = x1 if same else x2.reshape(x2.shape[0], -1)
-      if impl == "fast":
-        return _fnn_ntk.ntk(x1, x2, depth=depth, W_std=W_STD, b_std=B_STD)
-      return stax_kernel(x1, x2, "ntk")
+      if impl == "nt":
+        return stax_kernel(x1, x2, "ntk")
+      return _fnn_ntk.ntk(x1, x2, depth=depth, W_std=W_STD, b_std=B_STD,
+                          impl="auto" if impl == "fast" else impl)
     return k
 
   if len(image_shape) not in (2, 3):
     raise ValueError(
         f"The cnn surrogate needs images of shape (H, W[, C]), got "
         f"{image_shape}.")
-  _checks.choice(impl, "impl", CNN_IMPLS)
+  _checks.choice(impl, "impl", IMPLS)
   if strides is None:
     strides = 3 if max(image_shape[:2]) >= LARGE_IMAGE_SIDE else 2
   depth = 2 if depth is None else depth
@@ -190,6 +191,11 @@ class GramForm(NamedTuple):
   gram: Callable       # (x1 (n1, d), x2 (n2, d)) -> c0 = x1 x2^T / d
   sq_norms: Callable   # (x (n, d),) -> p = |x|^2 / d, shape (n,)
   from_gram: Callable  # (c0 (n1, n2), p1 (n1,), p2 (n2,)) -> ntk (n1, n2)
+  # Optional faster Gram matrix against a fixed set (`ntga`'s validation
+  # set): op = prepare(x1) once (None where it cannot run), then
+  # prepared_gram(op, x2) == gram(x1, x2), differentiable in x2.
+  prepare: Optional[Callable] = None
+  prepared_gram: Optional[Callable] = None
 
 
 def gram_form(surrogate: str, *, depth: Optional[int] = None
@@ -223,4 +229,5 @@ def gram_form(surrogate: str, *, depth: Optional[int] = None
   def from_gram(c0, p1, p2):
     return _fnn_ntk.ntk_from_gram(c0, p1, p2, depth=depth, W_std=W_STD,
                                   b_std=B_STD)
-  return GramForm(_fnn_ntk.gram, _fnn_ntk.sq_norms, from_gram)
+  return GramForm(_fnn_ntk.gram, _fnn_ntk.sq_norms, from_gram,
+                  prepare=_gram.prepare, prepared_gram=_gram.val_gram)
