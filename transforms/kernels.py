@@ -191,9 +191,10 @@ class GramForm(NamedTuple):
   gram: Callable       # (x1 (n1, d), x2 (n2, d)) -> c0 = x1 x2^T / d
   sq_norms: Callable   # (x (n, d),) -> p = |x|^2 / d, shape (n,)
   from_gram: Callable  # (c0 (n1, n2), p1 (n1,), p2 (n2,)) -> ntk (n1, n2)
-  # Optional faster Gram matrix against a fixed set (`ntga`'s validation
-  # set): op = prepare(x1) once (None where it cannot run), then
-  # prepared_gram(op, x2) == gram(x1, x2), differentiable in x2.
+  # Optional faster Gram matrix against a fixed set of 8-bit images
+  # (`ntga`'s validation set, x1 = u8 / 255): op = prepare(u8, dtype) once
+  # (None where it cannot run), then prepared_gram(op, x2) == gram(x1, x2),
+  # differentiable in x2 (the FNN: AMX, `_gram`).
   prepare: Optional[Callable] = None
   prepared_gram: Optional[Callable] = None
 

@@ -190,7 +190,9 @@ def _programs(key: NTGAConfig, num_classes: int,
 
     def features(x):
       xf = x.reshape(x.shape[0], -1)
-      c0 = form.gram(xv, xf).reshape(val.w.shape + (x.shape[0],))
+      c0 = (form.gram(xv, xf) if val.op is None else
+            form.prepared_gram(val.op, xf))
+      c0 = c0.reshape(val.w.shape + (x.shape[0],))
       return c0, form.sq_norms(xf)
 
     (c0, px), features_vjp = jax.vjp(features, x)
@@ -279,6 +281,9 @@ class _Validation(NamedTuple):
   y: jnp.ndarray   # (chunks, m)
   w: jnp.ndarray   # (chunks, m): 1 for real examples, 0 for padding
   p: Optional[jnp.ndarray] = None  # (chunks, m): |x|^2 / d, Gram-form kernels
+  # The flat validation set as the Gram form's faster operand (AMX, see
+  # `_gram`), or None: the plain matmul.
+  op: Optional[object] = None
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -301,12 +306,15 @@ def _chunk_validation(x_val, y_val, chunk: int, *, dtype=np.float32,
   # Gather (only when padding is needed) and snap the images as given:
   # uint8 gathers move a quarter of the bytes of float32 ones.
   x_sel = x_val if idx.shape[0] == n else x_val[idx]
-  xv = jnp.asarray(pgd.snap(x_sel, dtype)[0].reshape(shape + x_val.shape[1:]))
-  p = None
+  x_snap, u8 = pgd.snap(x_sel, dtype)
+  xv = jnp.asarray(x_snap.reshape(shape + x_val.shape[1:]))
+  p = op = None
   if form is not None:
     p = _flat_sq_norms(xv, form.sq_norms)
+    if form.prepare is not None:
+      op = form.prepare(u8.reshape(idx.shape[0], -1), dtype)
   return _Validation(xv, jnp.asarray(y_val[idx].reshape(shape)),
-                     jnp.asarray(w.reshape(shape)), p)
+                     jnp.asarray(w.reshape(shape)), p, op)
 
 
 class _Checked(NamedTuple):

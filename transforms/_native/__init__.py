@@ -41,6 +41,13 @@ _LIBRARIES: Dict[str, Tuple[str, Dict[str, str]]] = {
                                "ntga_cnn_ntk_grad_x2": "NtgaCnnNtkGradX2"}),
     "fnn_ntk": ("fnn_ntk.cc", {"ntga_fnn_ntk": "NtgaFnnNtk",
                                "ntga_fnn_ntk_bwd": "NtgaFnnNtkBwd"}),
+    "gram_amx": ("gram_amx.cc", {"ntga_gram_amx": "NtgaGramAmx",
+                                 "ntga_gram_amx_bwd": "NtgaGramAmxBwd"}),
+}
+# Flags beyond `_FLAGS`, per library: the AMX intrinsics must compile on any
+# x86 CPU (whether this one has AMX is checked at run time, `_gram`).
+_EXTRA_FLAGS: Dict[str, Tuple[str, ...]] = {
+    "gram_amx": ("-mamx-tile", "-mamx-bf16"),
 }
 _FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp",
           "-fno-math-errno",
@@ -101,8 +108,9 @@ def library_path(name: str) -> pathlib.Path:
   version = subprocess.run([cxx, "--version"], capture_output=True,
                            text=True, check=False).stdout.splitlines()[:1]
   include = jax.ffi.include_dir()
+  flags = (*_FLAGS, *_EXTRA_FLAGS.get(name, ()))
   digest = hashlib.sha256("\0".join(
-      [src.read_text(), " ".join(_FLAGS), cxx, *version, _cpu_id(),
+      [src.read_text(), " ".join(flags), cxx, *version, _cpu_id(),
        include]).encode()).hexdigest()[:16]
   out = _cache_dir() / "native" / f"{name}-{digest}.so"
   if out.exists():
@@ -112,7 +120,7 @@ def library_path(name: str) -> pathlib.Path:
   # workers) never load a half-written library.
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
   os.close(fd)
-  cmd = [cxx, *_FLAGS, f"-I{include}", str(src), "-o", tmp]
+  cmd = [cxx, *flags, f"-I{include}", str(src), "-o", tmp]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if proc.returncode != 0:
     os.unlink(tmp)
@@ -137,13 +145,19 @@ def available(name: str) -> bool:
   return enabled() and build_error(name) is None
 
 
+@functools.lru_cache(maxsize=None)
+def load(name: str) -> ctypes.CDLL:
+  """The loaded library `name` (for its plain C entry points)."""
+  return ctypes.cdll.LoadLibrary(str(library_path(name)))
+
+
 def ensure_registered(name: str) -> None:
   """Loads `name` and registers its FFI targets for the CPU (once)."""
   with _LOCK:
     if _registered.get(name):
       return
     import jax.ffi  # pylint: disable=g-import-not-at-top
-    lib = ctypes.cdll.LoadLibrary(str(library_path(name)))
+    lib = load(name)
     for target, symbol in _LIBRARIES[name][1].items():
       jax.ffi.register_ffi_target(
           target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
