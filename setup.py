@@ -85,7 +85,7 @@ setuptools.setup(
     },
     package_data={
         # C++ sources of the native CPU kernels, compiled on first use.
-        "ntga_tfds.transforms._native": ["*.cc"],
+        "ntga_tfds.transforms._native": ["*.cc", "*.h"],
         "ntga_tfds.builders": [
             "*/README.md",
             "*/CITATIONS.bib",

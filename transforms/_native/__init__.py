@@ -109,8 +109,10 @@ def library_path(name: str) -> pathlib.Path:
                            text=True, check=False).stdout.splitlines()[:1]
   include = jax.ffi.include_dir()
   flags = (*_FLAGS, *_EXTRA_FLAGS.get(name, ()))
+  # The headers beside the sources (shared code) are part of every build.
+  headers = [h.read_text() for h in sorted(_HERE.glob("*.h"))]
   digest = hashlib.sha256("\0".join(
-      [src.read_text(), " ".join(flags), cxx, *version, _cpu_id(),
+      [src.read_text(), *headers, " ".join(flags), cxx, *version, _cpu_id(),
        include]).encode()).hexdigest()[:16]
   out = _cache_dir() / "native" / f"{name}-{digest}.so"
   if out.exists():

@@ -47,8 +47,10 @@
 #endif
 
 #include "xla/ffi/api/ffi.h"
+#include "parallel_for.h"
 
 namespace ffi = xla::ffi;
+using ntga_native::ParallelFor;
 
 namespace {
 
@@ -228,37 +230,6 @@ ffi::Error CheckShapes(const ffi::Buffer<ffi::F32>& c0,
 // Rows per block of parallel work: small enough to balance 2 threads over
 // one (2,000, 512) chunk, large enough that taking a block costs nothing.
 constexpr int kRowsPerBlock = 8;
-
-// Runs body(b) for every b in [0, blocks), on the calling thread and on
-// XLA's intra-op pool, and returns when all are done. Work is taken from a
-// shared counter, so the caller never waits for a pool thread that has not
-// started (the pool may be busy, or be running this very call); a task
-// that starts late finds no work left and only touches the shared state it
-// owns a reference to.
-void ParallelFor(ffi::ThreadPool& pool, int blocks,
-                 const std::function<void(int)>& body) {
-  struct State {
-    std::atomic<int> next{0}, done{0};
-    const std::function<void(int)>* body;
-    int blocks;
-  };
-  auto state = std::make_shared<State>();
-  state->body = &body;
-  state->blocks = blocks;
-  auto work = [](State& st) {
-    for (int b; (b = st.next.fetch_add(1)) < st.blocks;) {
-      (*st.body)(b);
-      st.done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int helpers =
-      static_cast<int>(std::min<int64_t>(pool.num_threads(), blocks - 1));
-  for (int t = 0; t < helpers; ++t)
-    pool.Schedule([state, work] { work(*state); });
-  work(*state);
-  while (state->done.load(std::memory_order_acquire) < blocks)
-    std::this_thread::yield();
-}
 
 // Lane vectors per tile: the layer recursion is one long dependency chain
 // per vector (~500 cycles of latency for 5 layers), so a tile runs U

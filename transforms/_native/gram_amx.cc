@@ -49,8 +49,10 @@
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
+#include "parallel_for.h"
 
 namespace ffi = xla::ffi;
+using ntga_native::ParallelFor;
 
 namespace {
 
@@ -93,33 +95,6 @@ inline void Split(float x, uint16_t* hi, uint16_t* mid, uint16_t* lo) {
   *lo = ToBf16(r1 - FromBf16(*mid));
 }
 
-// As in `fnn_ntk.cc`: body(b) for b in [0, blocks) on the calling thread
-// and XLA's pool; work comes from a shared counter, so a pool thread that
-// starts late finds none left and the caller never waits for it to start.
-void ParallelFor(ffi::ThreadPool& pool, int blocks,
-                 const std::function<void(int)>& body) {
-  struct State {
-    std::atomic<int> next{0}, done{0};
-    const std::function<void(int)>* body;
-    int blocks;
-  };
-  auto state = std::make_shared<State>();
-  state->body = &body;
-  state->blocks = blocks;
-  auto work = [](State& st) {
-    for (int b; (b = st.next.fetch_add(1)) < st.blocks;) {
-      (*st.body)(b);
-      st.done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int helpers =
-      static_cast<int>(std::min<int64_t>(pool.num_threads(), blocks - 1));
-  for (int t = 0; t < helpers; ++t)
-    pool.Schedule([state, work] { work(*state); });
-  work(*state);
-  while (state->done.load(std::memory_order_acquire) < blocks)
-    std::this_thread::yield();
-}
 
 // B (K, N) packed: panel p (16 columns), part, k-pair kh -> 32 values.
 struct Packed {
