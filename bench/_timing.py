@@ -41,6 +41,13 @@ def poison_block_step_seconds(x, y, x_val, y_val, *, config,
   return times
 
 
+def device_peak_gib():
+  """Peak memory of JAX's first device, where its backend reports it."""
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return None if peak is None else round(peak / 2 ** 30, 2)
+
+
 def report(result: dict, *, json_path=None, width: int = 45):
   """Prints `result` as aligned `key value` lines; also as JSON if asked."""
   for k, v in result.items():

@@ -29,7 +29,6 @@ CIFAR-10's 50,000 images, 96 of MNIST's 60,000: about 25 s on a GPU).
 """
 
 import dataclasses
-import json
 import os
 import pathlib
 import resource
@@ -40,6 +39,7 @@ from absl import flags
 import jax
 import numpy as np
 
+import _timing
 from ntga_tfds import generation
 from ntga_tfds import sources
 from ntga_tfds.transforms import ntga
@@ -80,12 +80,6 @@ def _load():
   return (data.images, data.labels,
           sources.source_spec(FLAGS.source).num_classes,
           EPS_LEVELS[FLAGS.source])
-
-
-def _device_peak_gib():
-  stats = jax.devices()[0].memory_stats() or {}
-  peak = stats.get("peak_bytes_in_use")
-  return None if peak is None else round(peak / 2 ** 30, 2)
 
 
 class _MaxBlocks(Exception):
@@ -153,11 +147,8 @@ def main(_):
   out["peak_rss_gib"] = round(
       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
   if jax.default_backend() != "cpu":
-    out["device_peak_gib"] = _device_peak_gib()
-  for k, v in out.items():
-    print(f"{k:50s} {v}")
-  if FLAGS.json:
-    pathlib.Path(FLAGS.json).write_text(json.dumps(out, indent=1))
+    out["device_peak_gib"] = _timing.device_peak_gib()
+  _timing.report(out, json_path=FLAGS.json, width=50)
 
 
 if __name__ == "__main__":

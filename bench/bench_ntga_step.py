@@ -60,11 +60,6 @@ def matmul_gflops(n=None, repeats=5, precision="float32"):
   return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
-def device_peak_gib():
-  """Peak memory of JAX's first device, where its backend reports it."""
-  stats = jax.devices()[0].memory_stats() or {}
-  peak = stats.get("peak_bytes_in_use")
-  return None if peak is None else round(peak / 2 ** 30, 2)
 
 
 def step_flops(config, x, y, xv, yv):
@@ -103,12 +98,12 @@ def main(_):
   config = ntga.NTGAConfig(eps=8 / 255, t=64.0, surrogate=FLAGS.surrogate,
                            nb_iter=FLAGS.steps,
                            val_chunk_size=FLAGS.val_chunk_size)
+  accelerator = jax.default_backend() != "cpu"
   peak_gflops = matmul_gflops()
-  if jax.default_backend() != "cpu":
-    result_extra = {"matmul_gflops_tf32_same_run": round(
-        matmul_gflops(precision="tensorfloat32"), 1)}
-  else:
-    result_extra = {}
+  # On a GPU, also the TF32 rate (XLA's default there; the attack uses
+  # full float32).
+  tf32_gflops = (round(matmul_gflops(precision="tensorfloat32"), 1)
+                 if accelerator else None)
   flops, chunk = step_flops(config, x, y, xv, yv)
 
   times = _timing.poison_block_step_seconds(x, y, xv, yv, config=config)
@@ -132,8 +127,9 @@ def main(_):
           1e6 * step_s / (FLAGS.block * (FLAGS.val + FLAGS.block)), 4),
       "peak_rss_gib": round(
           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
+      "matmul_gflops_tf32_same_run (accelerator only)": tf32_gflops,
       "device_peak_gib (accelerator only)": (
-          device_peak_gib() if jax.default_backend() != "cpu" else None),
+          _timing.device_peak_gib() if accelerator else None),
       f"warm_block_s ({FLAGS.steps} steps, whole poison_block)": round(
           warm_block_s, 3),
       "per_block_overhead_s (warm block - steps x step_s)": round(
@@ -141,7 +137,6 @@ def main(_):
       f"full_{full}_images_{FLAGS.nb_iter}_steps_s (EXTRAPOLATED)": round(
           blocks * (FLAGS.nb_iter * step_s + per_block_s), 1),
   }
-  result.update(result_extra)
   if FLAGS.surrogate == "fnn":
     mm = fnn_matmul_flops(FLAGS.block, FLAGS.val, int(np.prod(shape)))
     result.update({

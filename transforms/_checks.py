@@ -22,7 +22,11 @@ def images(name: str, x) -> np.ndarray:
   Returns:
     float32 array of the same shape.
   """
-  x = checked_images(name, x)
+  return to_unit(checked_images(name, x))
+
+
+def to_unit(x: np.ndarray) -> np.ndarray:
+  """Checked images (`checked_images`) as float32 in [0, 1]."""
   if x.dtype == np.uint8:
     return x.astype(np.float32) / np.float32(255)
   return x.astype(np.float32)

@@ -705,10 +705,7 @@ _native_self_kernel.defvjp(_native_self_kernel_fwd, _native_self_kernel_bwd)
 def native_available() -> bool:
   """Whether the C++ kernel can run here: JAX on the CPU, and it builds."""
   from ntga_tfds.transforms import _native  # pylint: disable=g-import-not-at-top
-  return jax.default_backend() == "cpu" and _native.available("cnn_ntk")
-
-
-IMPLS = ("auto", "native", "jax")
+  return _native.available("cnn_ntk")
 
 
 def ntk_fn(spec: CNNSpec, *, step_size=None, impl: str = "auto"):
@@ -732,8 +729,8 @@ def ntk_fn(spec: CNNSpec, *, step_size=None, impl: str = "auto"):
     ValueError: a bad `impl`; "native" on float64 inputs.
     NativeUnavailable: "native" where the kernel cannot be built.
   """
-  if impl not in IMPLS:
-    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}.")
+  from ntga_tfds.transforms import _native  # pylint: disable=g-import-not-at-top
+  _native.check_impl(impl)
   shape = tuple(spec.image_shape)
 
   def k(x1, x2):
@@ -742,13 +739,7 @@ def ntk_fn(spec: CNNSpec, *, step_size=None, impl: str = "auto"):
         raise ValueError(
             f"{name} must have shape (n, {', '.join(map(str, shape))}), got "
             f"{tuple(x.shape)}.")
-    f32 = x1.dtype == jnp.float32 and x2.dtype == jnp.float32
-    if impl == "native" and not f32:
-      raise ValueError(
-          f"impl='native' computes in float32; got {x1.dtype}, {x2.dtype}.")
-    if impl == "native" or (impl == "auto" and f32 and native_available()):
-      from ntga_tfds.transforms import _native  # pylint: disable=g-import-not-at-top
-      _native.ensure_registered("cnn_ntk")
+    if _native.use_native("cnn_ntk", impl, (x1.dtype, x2.dtype)):
       if x1 is x2:
         return _native_self_kernel(spec, x1)
       return _native_kernel(spec, x1, x2)

@@ -306,10 +306,7 @@ _native_from_gram.defvjp(_native_from_gram_fwd, _native_from_gram_bwd)
 def native_available() -> bool:
   """Whether the C++ kernel can run here: JAX on the CPU, and it builds."""
   from ntga_tfds.transforms import _native  # pylint: disable=g-import-not-at-top
-  return jax.default_backend() == "cpu" and _native.available("fnn_ntk")
-
-
-IMPLS = ("auto", "native", "jax")
+  return _native.available("fnn_ntk")
 
 
 def ntk_from_gram(c0, p1, p2, *, depth: int, W_std: float, b_std: float,
@@ -338,17 +335,10 @@ def ntk_from_gram(c0, p1, p2, *, depth: int, W_std: float, b_std: float,
     ValueError: a bad `impl`; "native" on other than float32 arrays.
     NativeUnavailable: "native" where the kernel cannot be built.
   """
-  if impl not in IMPLS:
-    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}.")
+  from ntga_tfds.transforms import _native  # pylint: disable=g-import-not-at-top
   args = (c0, p1, p2, int(depth), float(W_std) ** 2, float(b_std) ** 2)
-  f32 = all(jnp.result_type(a) == jnp.float32 for a in (c0, p1, p2))
-  if impl == "native" and not f32:
-    raise ValueError(
-        f"impl='native' computes in float32; got "
-        f"{[str(jnp.result_type(a)) for a in (c0, p1, p2)]}.")
-  if impl == "native" or (impl == "auto" and f32 and native_available()):
-    from ntga_tfds.transforms import _native  # pylint: disable=g-import-not-at-top
-    _native.ensure_registered("fnn_ntk")
+  if _native.use_native("fnn_ntk", impl,
+                        [jnp.result_type(a) for a in (c0, p1, p2)]):
     return _native_from_gram(*args)
   return _from_gram(*args)
 

@@ -343,11 +343,6 @@ def _check_inputs(x_train, y_train, x_val, y_val, num_classes,
   return _Checked(x, y, xv, yv, num_classes)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-  """Checked images in [0, 1]: uint8 divided by 255, floats as they are."""
-  return x.astype(np.float32) / np.float32(255) if x.dtype == np.uint8 else x
-
-
 def _validation_chunks(c: "_Checked", config: NTGAConfig,
                        n_train: int) -> _Validation:
   """The checked validation set, on the 8-bit grid, in equal chunks."""
@@ -460,8 +455,8 @@ def surrogate_loss(x_block, y_block, *, x_val, y_val, config: NTGAConfig,
   with _precision(config):
     val = _validation_chunks(c, config, c.x.shape[0])
     y1h = jax.nn.one_hot(c.y, c.num_classes, dtype=config.dtype)
-    return float(programs.loss(jnp.asarray(_unit(c.x), config.dtype), y1h,
-                               val))
+    x = jnp.asarray(_checks.to_unit(c.x), config.dtype)
+    return float(programs.loss(x, y1h, val))
 
 
 def predict(x_train, y_train, x_test, *, config: NTGAConfig,
@@ -490,7 +485,7 @@ def predict(x_train, y_train, x_test, *, config: NTGAConfig,
   out = []
   with _precision(config):
     y1h = jax.nn.one_hot(c.y, c.num_classes, dtype=config.dtype)
-    x_tr = jnp.asarray(_unit(c.x), config.dtype)
+    x_tr = jnp.asarray(_checks.to_unit(c.x), config.dtype)
     alpha = programs.weights(x_tr, y1h)
     for start in range(0, x_test_f.shape[0], chunk):
       xc = x_test_f[start:start + chunk]

@@ -143,8 +143,46 @@ def build_error(name: str) -> Optional[str]:
 
 
 def available(name: str) -> bool:
-  """Whether `name` is enabled and builds."""
-  return enabled() and build_error(name) is None
+  """Whether `name` can run here: enabled, JAX on the CPU, and it builds.
+
+  The libraries register their FFI targets for the CPU only.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  return (enabled() and jax.default_backend() == "cpu"
+          and build_error(name) is None)
+
+
+# How a kernel with a native and a pure-JAX implementation is chosen.
+IMPLS = ("auto", "native", "jax")
+
+
+def check_impl(impl: str) -> None:
+  """Raises ValueError unless `impl` is one of `IMPLS`."""
+  if impl not in IMPLS:
+    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}.")
+
+
+def use_native(name: str, impl: str, dtypes) -> bool:
+  """Whether to run library `name` for inputs of `dtypes`, given `impl`.
+
+  "native": yes (float32 only); "jax": no; "auto": where all inputs are
+  float32 and `available(name)`. When the answer is yes, the library's FFI
+  targets are registered.
+
+  Raises:
+    ValueError: a bad `impl`; "native" with inputs other than float32.
+    NativeUnavailable: "native" where the library cannot be built.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  check_impl(impl)
+  f32 = all(np.dtype(d) == np.float32 for d in dtypes)
+  if impl == "native" and not f32:
+    raise ValueError(f"impl='native' computes in float32; got "
+                     f"{', '.join(str(np.dtype(d)) for d in dtypes)}.")
+  if impl == "jax" or (impl == "auto" and not (f32 and available(name))):
+    return False
+  ensure_registered(name)
+  return True
 
 
 @functools.lru_cache(maxsize=None)
