@@ -57,8 +57,27 @@ typedef float VecU __attribute__((vector_size(kLanes * 4), aligned(4)));
 inline Vec Load(const float* p) { return *reinterpret_cast<const VecU*>(p); }
 inline void Store(float* p, Vec v) { *reinterpret_cast<VecU*>(p) = v; }
 inline Vec Splat(float x) { return Vec{} + x; }
+// a > b ? a : b and a < b ? a : b. Written so, GCC emits a compare and a
+// blend; vmaxps / vminps compute exactly that (b when either is NaN) in one
+// instruction.
+#if defined(__AVX512F__)
+inline Vec Max(Vec a, Vec b) {
+  return reinterpret_cast<Vec>(_mm512_max_ps(reinterpret_cast<__m512>(a),
+                                             reinterpret_cast<__m512>(b)));
+}
+inline Vec Min(Vec a, Vec b) {
+  return reinterpret_cast<Vec>(_mm512_min_ps(reinterpret_cast<__m512>(a),
+                                             reinterpret_cast<__m512>(b)));
+}
+// |a|: the sign bit cleared (one AND).
+inline Vec Abs(Vec a) {
+  return reinterpret_cast<Vec>(_mm512_abs_ps(reinterpret_cast<__m512>(a)));
+}
+#else
 inline Vec Max(Vec a, Vec b) { return a > b ? a : b; }
 inline Vec Min(Vec a, Vec b) { return a < b ? a : b; }
+inline Vec Abs(Vec a) { return a < 0.f ? -a : a; }
+#endif
 
 // 1 / sqrt(x), x > 0: the hardware's 14-bit estimate and one Newton step
 // (relative error ~3e-9 before rounding, a few ulp after), instead of
@@ -280,11 +299,11 @@ PackedX1 PackX1(const Geometry& g, const float* x1, const float* v1, int n1) {
 // One x2 image: padded, and its per-position 1 / sqrt(v) and 1 / v.
 struct X2Image {
   std::vector<float> xp;         // (Hp, Wp, C)
-  std::vector<float> is, inv_v;  // (S)
+  std::vector<float> is, w_v;  // (S): 1 / sqrt(v), 1 / (4 pi v)
   const float* v;
 
   explicit X2Image(const Geometry& g)
-      : xp(g.Hp * g.Wp * g.C, 0.f), is(g.S), inv_v(g.S), v(nullptr) {}
+      : xp(g.Hp * g.Wp * g.C, 0.f), is(g.S), w_v(g.S), v(nullptr) {}
 
   void Set(const Geometry& g, const float* x2j, const float* v2j) {
     for (int h = 0; h < g.H; ++h)
@@ -295,7 +314,7 @@ struct X2Image {
     v = v2j;
     for (int q = 0; q < g.S; ++q) {
       is[q] = 1.f / std::sqrt(std::max(v2j[q], kTiny));
-      inv_v[q] = 1.f / v2j[q];
+      w_v[q] = kInvFourPi / v2j[q];
     }
   }
 };
@@ -374,7 +393,7 @@ void Relu(const Geometry& g, int l, Scratch& sc, const float* v1t,
     // r = sqrt(max(d, 0)) = d / sqrt(d), 0 where d <= 0.
     const Vec inv_sqrt_d = RSqrt(Max(d, Splat(kTiny)));
     const Vec rr = Max(d, Vec{}) * inv_sqrt_d;
-    const Vec aq = qq < 0.f ? -qq : qq;
+    const Vec aq = Abs(qq);
     const Vec x =
         Min(aq * (Load(is1t + (off + p) * kLanes) * x2.is[off + p]),
             Splat(1.f));
@@ -697,10 +716,10 @@ void Backward(const Geometry& g, Scratch& sc, const float* x1t,
       const Vec g_t = gtv * de;
       const Vec gtr = gtv * Load(t_in + e) * Load(inv_r + e);
       Store(gn + e, gnv * de + gtr * kInvTwoPi + g_t);
-      Store(gtt + e, g_t);
+      if (l > 0) Store(gtt + e, g_t);  // layer 0's t is q: g_t is in gn
       Store(accv + e, Load(accv + e) +
                           (gnv * Load(r + e) - gtr * Load(q + e)) *
-                              (kInvFourPi * x2.inv_v[g.voff[l] + p]));
+                              x2.w_v[g.voff[l] + p]);
     }
     if (l > 0) {
       ConvLayerT<KW, SS>(g, l, sc, gn, gtt, gn2, gtt2);
