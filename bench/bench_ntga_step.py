@@ -45,23 +45,6 @@ flags.DEFINE_string("json", None, "Also write the figures to this file.")
 FLAGS = flags.FLAGS
 
 
-def matmul_gflops(n=None, repeats=5, precision="float32"):
-  """GFLOP/s of a dense (n, n) float32 matmul, in full float32 precision as
-  the attack runs its matmuls (on a GPU, "tensorfloat32" is XLA's default)."""
-  if n is None:
-    n = 4096 if jax.default_backend() == "cpu" else 16384
-  a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
-  with jax.default_matmul_precision(precision):
-    f = jax.jit(lambda a: a @ a)
-    f(a).block_until_ready()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-      f(a).block_until_ready()
-  return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
-
-
-
-
 def step_flops(config, x, y, xv, yv):
   """XLA's count of the FLOPs in one compiled step."""
   programs = ntga._programs(ntga._math_key(config), 10, x.shape[1:])
@@ -99,10 +82,10 @@ def main(_):
                            nb_iter=FLAGS.steps,
                            val_chunk_size=FLAGS.val_chunk_size)
   accelerator = jax.default_backend() != "cpu"
-  peak_gflops = matmul_gflops()
+  peak_gflops = _timing.matmul_gflops()
   # On a GPU, also the TF32 rate (XLA's default there; the attack uses
   # full float32).
-  tf32_gflops = (round(matmul_gflops(precision="tensorfloat32"), 1)
+  tf32_gflops = (round(_timing.matmul_gflops(precision="tensorfloat32"), 1)
                  if accelerator else None)
   flops, chunk = step_flops(config, x, y, xv, yv)
 
