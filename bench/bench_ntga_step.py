@@ -18,7 +18,6 @@ the last partial block counted as a full one).
 import math
 import resource
 import statistics
-import time
 
 from absl import app
 from absl import flags

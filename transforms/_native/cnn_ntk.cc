@@ -351,12 +351,15 @@ struct Scratch {
     const int p0 = g.hl[0] * g.wl[0] * kLanes;
     for (int l = 0; l < g.depth; ++l) {
       const int p = g.hl[l] * g.wl[l] * kLanes;
-      q.emplace_back(p); t.emplace_back(p); r.emplace_back(p);
-      dot.emplace_back(p); inv_r.emplace_back(p);
+      // Layer 0's q is the block's q0, its t that q: not allocated here.
+      q.emplace_back(l == 0 ? 0 : p); t.emplace_back(l == 0 ? 0 : p);
+      r.emplace_back(p); dot.emplace_back(p); inv_r.emplace_back(p);
     }
     q0.assign(kX2Block * p0, 0.f);
     l1state.assign(kX2Block * 3 * g.wl[0] * kLanes, 0.f);
-    for (int l = 0; l < g.depth; ++l) qp.push_back(q[l].data());
+    // qp[0] is set per image, to its rows of q0.
+    for (int l = 0; l < g.depth; ++l)
+      qp.push_back(l == 0 ? nullptr : q[l].data());
     n_out.assign(p0, 0.f);
     tt_out.assign(p0, 0.f);
     int big = g.Hp * g.wl[0] * kLanes;
@@ -741,9 +744,7 @@ void Backward(const Geometry& g, Scratch& sc, const float* x1t,
   if (KW == 5 && SS == 2) {
     // The row-transposed windows of all image rows, then per row the
     // column-transposed ones, contracted with x1 as they are formed.
-    // (H, W1, lanes): the forward's rows of the image (the padding's rows
-    // must stay zero for the next forward).
-    float* g1 = sc.rows.data() + g.lo_h * W1 * kLanes;
+    float* g1 = sc.rn.data();  // (H, W1, lanes)
     for (int pw = 0; pw < W1; ++pw)
       Box5S2T<Vec>(
           g.H, g.hl[0], g.lo_h,
@@ -921,9 +922,7 @@ ffi::Error KernelImpl(ffi::Buffer<ffi::F32> x1, ffi::Buffer<ffi::F32> x2,
 }
 
 // Small n2 get smaller blocks of x2 images (kX2Block), so that every thread
-// still has several.
-
-// The gradient's per-image accumulators (an image's pixels x lanes: 50 KiB
+// still has several. The gradient's per-image accumulators (an image's pixels x lanes: 50 KiB
 // for MNIST, 192 KiB for CIFAR-10) of a block share L2 with the x1 tiles;
 // blocks are made smaller where they would pass kGradAccBytes.
 constexpr int kGradAccBytes = 512 * 1024;
