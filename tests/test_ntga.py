@@ -123,6 +123,52 @@ def test_partial_last_block_is_poisoned(small):
   np.testing.assert_array_equal(out[48:n], last)
 
 
+@pytest.mark.parametrize("surrogate", ["fnn", "cnn"])
+def test_a_padded_partial_block_matches_the_unpadded_one(small, monkeypatch,
+                                                         surrogate):
+  """Padding a partial block to `block_size` (the accelerator default) gives
+  the unpadded attack up to rounding: same losses, same bytes but for rare
+  sign flips of near-zero gradients."""
+  x, y, xv, yv = small
+  config = FAST.replace(surrogate=surrogate, block_size=32, nb_iter=3,
+                        rand_init=True)
+  kw = dict(x_val=xv[:100], y_val=yv[:100], key=KEY, config=config,
+            num_classes=10)
+  runs = {}
+  for pad in (False, True):
+    monkeypatch.setattr(ntga, "_PAD_PARTIAL_BLOCKS", pad)
+    losses_seen = []
+    out = ntga.poison_block(x[:20], y[:20], **kw,
+                            on_step=lambda i, l: losses_seen.append(l))
+    runs[pad] = out, losses_seen
+  (plain, plain_losses), (padded, padded_losses) = runs[False], runs[True]
+  np.testing.assert_allclose(padded_losses, plain_losses, rtol=1e-4)
+  assert padded.shape == plain.shape
+  assert np.mean(plain != padded) < 0.01
+  assert _levels_moved(padded, x[:20]).max() <= pgd.levels(config.eps)
+
+
+def test_padded_blocks_share_one_compiled_step(small, monkeypatch):
+  x, y, xv, yv = small
+  monkeypatch.setattr(ntga, "_PAD_PARTIAL_BLOCKS", True)
+  # A t of its own: programs compiled by no other test.
+  config = FAST.replace(block_size=16, nb_iter=2, t=63.0)
+  out = ntga.poison(x[:50], y[:50], x_val=xv, y_val=yv, key=KEY,
+                    config=config, num_classes=10)   # blocks 16, 16, 16, 2
+  programs = ntga._programs(ntga._math_key(config), 10, x.shape[1:], True)
+  assert programs.step._cache_size() == 1
+  # Unpadded, the last block compiles a step of its own.
+  monkeypatch.setattr(ntga, "_PAD_PARTIAL_BLOCKS", False)
+  config = config.replace(t=62.0)
+  ntga.poison(x[:50], y[:50], x_val=xv, y_val=yv, key=KEY, config=config,
+              num_classes=10)
+  unpadded = ntga._programs(ntga._math_key(config), 10, x.shape[1:], False)
+  assert unpadded.step._cache_size() == 2
+  moved = _levels_moved(out, x[:50]).reshape(50, -1)
+  assert np.all(moved.max(axis=1) > 0)
+  assert moved.max() <= pgd.levels(config.eps)
+
+
 def test_deterministic(small):
   x, y, xv, yv = small
   config = FAST.replace(rand_init=True, nb_iter=2)

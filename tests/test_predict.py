@@ -109,3 +109,50 @@ def test_gradient_finite_with_repeated_eigenvalues():
     fd = (loss(x_train + h * direction) - loss(x_train - h * direction)) / (
         2 * h)
     np.testing.assert_allclose(np.sum(grad * direction), fd, rtol=1e-4)
+
+
+@pytest.mark.parametrize("t", [1.0, 64.0, math.inf])
+@pytest.mark.parametrize("absolute", [False, True])
+@pytest.mark.parametrize("n_real", [1, 9, 24])
+def test_masked_padding_gives_the_real_examples_weights(t, absolute, n_real):
+  """A padded kernel with a mask gives the unpadded weights, 0 for padding,
+  and the same gradient in the real kernel entries."""
+  with enable_x64():
+    x_train, x_test, y = _problem(np.float64)
+    k = kernels.kernel_fn("fnn", image_shape=x_train.shape[1:],
+                          num_classes=3)
+    k_tt = k(x_train, x_train)   # 24 examples: the first n_real are real
+    mask = (np.arange(24) < n_real).astype(np.float64)
+    y_pad = y * mask[:, None]    # padding targets are zero
+    kw = dict(t=t, diag_reg=1e-2, diag_reg_absolute_scale=absolute)
+    real = predict.mean_weights(k_tt[:n_real, :n_real], y[:n_real], **kw)
+    padded = predict.mean_weights(k_tt, y_pad, mask=jnp.asarray(mask), **kw)
+    np.testing.assert_allclose(padded[:n_real], real, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(padded[n_real:], 0.0, atol=1e-12)
+
+    probe = np.random.default_rng(1).normal(size=y.shape)
+
+    def real_fn(kk):
+      return jnp.sum(predict.mean_weights(kk, y[:n_real], **kw)
+                     * probe[:n_real])
+
+    def padded_fn(kk):
+      return jnp.sum(predict.mean_weights(kk, y_pad, mask=mask, **kw)
+                     * probe)
+
+    g_real = jax.grad(real_fn)(k_tt[:n_real, :n_real])
+    g_pad = jax.grad(padded_fn)(k_tt)
+    np.testing.assert_allclose(g_pad[:n_real, :n_real], g_real, rtol=1e-7,
+                               atol=1e-10)
+    # The padding's own entries do not reach the result.
+    np.testing.assert_allclose(g_pad[n_real:, :], 0.0, atol=1e-12)
+
+
+def test_an_all_ones_mask_changes_nothing():
+  x_train, _, y = _problem(np.float32)
+  k = kernels.kernel_fn("fnn", image_shape=x_train.shape[1:], num_classes=3)
+  k_tt = k(x_train, x_train)
+  plain = predict.mean_weights(k_tt, y, t=64.0, diag_reg=1e-4)
+  masked = predict.mean_weights(k_tt, y, t=64.0, diag_reg=1e-4,
+                                mask=jnp.ones(24))
+  np.testing.assert_array_equal(plain, masked)

@@ -57,6 +57,14 @@ _ACCELERATOR_CHUNK_BUDGET = {"fnn": 1 << 24, "cnn": 1 << 27}
 # images per chunk measured 3% faster per entry than 1,000 and 10% faster
 # than 96 (MNIST, block 512).
 _NATIVE_CNN_CHUNK = 2000
+# Whether a block smaller than `block_size` (a data set's last) is padded to
+# `block_size` with decoupled copies (`predict.pad_train`), so that every
+# block runs the same compiled step. None: on accelerators only, where a new
+# shape costs a compile of tens of seconds to minutes (an H200 took 32 s for
+# the CNN step at block 512 and over 150 s at block 96) against a fraction
+# of a second per step; on the CPU compiles are quick and the padding's
+# extra work is not.
+_PAD_PARTIAL_BLOCKS: Optional[bool] = None
 DTYPES = ("float32", "float64")
 
 
@@ -153,7 +161,10 @@ def _math_key(config: NTGAConfig) -> NTGAConfig:
 
 @functools.lru_cache(maxsize=16)
 def _programs(key: NTGAConfig, num_classes: int,
-              image_shape: Tuple[int, ...]) -> _Programs:
+              image_shape: Tuple[int, ...], padded: bool = False
+              ) -> _Programs:
+  """The jitted programs. `padded`: rows of `y1h` that are all zero are
+  padding, decoupled from the real examples (`_pad_block`)."""
   kernel = kernels.kernel_fn(
       key.surrogate, image_shape=image_shape, num_classes=num_classes,
       depth=key.depth, width=key.width, strides=key.strides)
@@ -161,8 +172,9 @@ def _programs(key: NTGAConfig, num_classes: int,
   form = kernels.gram_form(key.surrogate, depth=key.depth)
 
   def weights(x, y1h):
-    return predict_lib.mean_weights(kernel(x, x), y1h, t=key.t,
-                                    diag_reg=key.diag_reg)
+    return predict_lib.mean_weights(
+        kernel(x, x), y1h, t=key.t, diag_reg=key.diag_reg,
+        mask=jnp.sum(y1h, axis=-1) if padded else None)
 
   def chunk_loss(x, alpha, xc, yc, wc):
     return loss_fn(kernel(xc, x) @ alpha, yc, wc)
@@ -352,14 +364,41 @@ def _validation_chunks(c: "_Checked", config: NTGAConfig,
       form=kernels.gram_form(config.surrogate, depth=config.depth))
 
 
+def _padded_size(config: NTGAConfig, n: int) -> int:
+  """The block size a block of `n` examples is run at (see
+  `_PAD_PARTIAL_BLOCKS`)."""
+  pad = _PAD_PARTIAL_BLOCKS
+  if pad is None:
+    pad = jax.default_backend() != "cpu"
+  return max(n, config.block_size) if pad else n
+
+
 def _attack(x_in, y, val: _Validation, *, key, config: NTGAConfig,
             num_classes: int, on_step) -> np.ndarray:
   x_clean, x_u8 = pgd.snap(x_in, config.dtype)
-  programs = _programs(_math_key(config), num_classes, x_in.shape[1:])
+  n = x_in.shape[0]
+  size = _padded_size(config, n)
+  programs = _programs(_math_key(config), num_classes, x_in.shape[1:],
+                       size > n)
   y1h = jax.nn.one_hot(y, num_classes, dtype=config.dtype)
 
-  def step_fn(x, x0, step_size, eps):
-    return programs.step(x, x0, y1h, val, step_size, eps)
+  if size == n:
+    def step_fn(x, x0, step_size, eps):
+      return programs.step(x, x0, y1h, val, step_size, eps)
+  else:
+    # Padding: copies of real examples (finite kernel entries), with zero
+    # targets, which mark them for `predict.pad_train`. Their gradient and
+    # update are dropped; the random start and the real rows are unchanged.
+    fill = jnp.asarray(np.arange(n, size) % n)
+    y1h = jnp.concatenate(
+        [y1h, jnp.zeros((size - n, num_classes), y1h.dtype)])
+    x0_pad = jnp.asarray(x_clean)[fill]
+
+    def step_fn(x, x0, step_size, eps):
+      x_next, value = programs.step(
+          jnp.concatenate([x, x[fill]]), jnp.concatenate([x0, x0_pad]),
+          y1h, val, step_size, eps)
+      return x_next[:n], value
 
   x_adv = pgd.ascend(step_fn, x_clean, key=key, eps=config.eps,
                      step_size=config.step_size, nb_iter=config.nb_iter,
@@ -400,7 +439,8 @@ def poison_block(x_block, y_block, *, x_val, y_val, key,
   c = _check_inputs(x_block, y_block, x_val, y_val, num_classes, config)
   _check_key(key)
   with _precision(config):
-    val = _validation_chunks(c, config, c.x.shape[0])
+    val = _validation_chunks(c, config,
+                             _padded_size(config, c.x.shape[0]))
     return _attack(c.x, c.y, val, key=key, config=config,
                    num_classes=c.num_classes, on_step=on_step)
 
@@ -436,7 +476,7 @@ def poison(x_train, y_train, *, x_val, y_val, key, config: NTGAConfig,
   out = np.empty(c.x.shape, np.uint8)
   num_blocks = -(-n // bs)
   with _precision(config):
-    val = _validation_chunks(c, config, min(n, bs))
+    val = _validation_chunks(c, config, _padded_size(config, min(n, bs)))
     for b in range(num_blocks):
       if on_block is not None:
         on_block(b, num_blocks)

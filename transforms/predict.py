@@ -123,7 +123,7 @@ def regularize(k_train_train, diag_reg: float, *,
 
 def mean_weights(k_train_train, y_train, *, t: float, diag_reg: float = 0.0,
                  diag_reg_absolute_scale: bool = False,
-                 learning_rate: float = 1.0):
+                 learning_rate: float = 1.0, mask=None):
   """`alpha` with `mean prediction = k_test_train @ alpha`.
 
   Args:
@@ -133,17 +133,57 @@ def mean_weights(k_train_train, y_train, *, t: float, diag_reg: float = 0.0,
     diag_reg: diagonal regulariser, relative to the mean trace unless
       `diag_reg_absolute_scale`.
     learning_rate: multiplies `t`, as in `nt.predict.gradient_descent_mse`.
+    mask: optional `(n,)`, 1 for real training examples and 0 for padding
+      (it may be traced). The result is that of the real examples alone,
+      up to rounding, with zero weights for the padding: one compiled shape
+      serves blocks of any size up to `n` (see `pad_train`).
 
   Returns:
     `(n, c)` array, differentiable in `k_train_train` and `y_train`.
+
+  Example:
+    >>> alpha = mean_weights(k_train_train, y_train, t=64., diag_reg=1e-4)
   """
-  k = regularize(k_train_train, diag_reg,
-                 diag_reg_absolute_scale=diag_reg_absolute_scale)
+  k = k_train_train
   y = y_train.astype(k.dtype)
+  scale = None
+  if mask is not None:
+    k, y, scale = pad_train(k, y, mask)
+  k = regularize(k, diag_reg, diag_reg_absolute_scale=diag_reg_absolute_scale)
   t = float(t) * learning_rate
   if math.isinf(t):
     return jsp.linalg.cho_solve(jsp.linalg.cho_factor(k, lower=False), y)
-  return _spectral_apply(k, y, t / y_train.size)
+  if scale is None:
+    return _spectral_apply(k, y, t / y_train.size)
+  # h_a(l) = (1 - exp(-a l)) / l with a = t / (n_real c), from the padded
+  # size's a / s, s = n / n_real: h_a(K) = s h_{a/s}(s K).
+  return scale * _spectral_apply(scale * k, y, t / y_train.size)
+
+
+def pad_train(k_train_train, y_train, mask):
+  """The kernel and targets of a padded training set, padding decoupled.
+
+  Padding rows and columns of `k_train_train` become those of `d * I`, with
+  `d` the real examples' mean diagonal (so the mean trace, which scales a
+  relative `diag_reg`, is the real one), and padding targets become 0. The
+  kernel is then block diagonal and the padding's weights are 0.
+
+  Args:
+    k_train_train: `(n, n)`.
+    y_train: `(n, c)`.
+    mask: `(n,)`, 1 for real examples, 0 for padding.
+
+  Returns:
+    `(k, y, s)`: the padded kernel and targets, and `s = n / n_real`, by
+    which the finite-time predictor's time normalisation (per target) is
+    corrected.
+  """
+  m = mask.astype(k_train_train.dtype)
+  n_real = jnp.sum(m)
+  mean_diag = jnp.sum(jnp.diagonal(k_train_train) * m) / n_real
+  k = (k_train_train * m[:, None] * m[None, :]
+       + jnp.diag((1 - m) * mean_diag))
+  return k, y_train * m[:, None], m.shape[0] / n_real
 
 
 def mean_prediction(k_train_train, y_train, k_test_train, *, t: float,
