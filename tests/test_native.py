@@ -11,6 +11,7 @@ how `impl="auto"` chooses, and how a failed build is reported.
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import enable_x64
 import numpy as np
 import pytest
 
@@ -177,3 +178,24 @@ def test_ntga_step_with_the_native_kernel_matches_float64(digits):
   # The sign, which the attack steps along, agrees where it is not noise.
   big = np.abs(want_grad) > 1e-3 * np.abs(want_grad).max()
   assert np.mean(np.sign(grad)[big] == np.sign(want_grad)[big]) > 0.999
+
+
+@pytest.mark.parametrize("shape, depth, strides, filter_shape", SPECS)
+def test_native_float32_is_close_to_float64(shape, depth, strides,
+                                            filter_shape):
+  """theta from the smaller of |cos| and sin keeps float32 accurate near
+  alignment (partly blank windows), in K and in both gradients."""
+  spec = _cnn_ntk.CNNSpec(image_shape=shape, depth=depth, strides=strides,
+                          filter_shape=filter_shape)
+  x1, x2 = _images(shape, 19, 0), _images(shape, 5, 1)
+  rng = np.random.default_rng(2)
+  g = jnp.asarray(rng.normal(size=(19, 5)), jnp.float32)
+  gs = jnp.asarray(rng.normal(size=(19, 19)), jnp.float32)
+  native = _outputs(_cnn_ntk.ntk_fn(spec, impl="native"), x1, x2, g, gs)
+  with enable_x64():
+    exact = _outputs(_cnn_ntk.ntk_fn(spec, impl="jax"),
+                     *(jnp.asarray(np.asarray(a), jnp.float64)
+                       for a in (x1, x2, g, gs)))
+  for name, a, b in zip(("K", "dK/dx1", "dK/dx2", "K(x,x)", "dK(x,x)/dx"),
+                        native, exact):
+    assert _rel(a, b) < 3e-6, name

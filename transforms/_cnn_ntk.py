@@ -44,11 +44,15 @@ to ~1e-16) in two implementations, chosen by `ntk_fn(impl=...)`:
 * The first conv's cross-covariance is a separable window sum of the
   product of the (pre-padded) images: row sums at stride s with the product
   fused in, then column sums.
-* theta: float32 uses acos(|q12| / sqrt(q11 q22)) by a minimax polynomial
-  times sqrt(1 - x) (|error| < 2.5e-7; XLA's CPU atan2 / acos are scalar
-  libm calls, ~20 ns each) with 1 / sqrt(q11 q22) a product of per-image
-  factors (no per-pair division), and nt's exact theta = 0 (or pi) where
-  q11 q22 - q12^2 <= 0; float64 uses `jnp.arctan2` as nt does.
+* theta: float32 takes acos(|cos theta|) as asin of the smaller of
+  |cos theta| = |q12| / sqrt(q11 q22) and sin theta = r / sqrt(q11 q22),
+  r = sqrt(q11 q22 - q12^2), by one polynomial on [0, 1/sqrt(2)]
+  (|error| < 1.5e-8 turns; XLA's CPU atan2 / acos are scalar libm calls,
+  ~20 ns each), with 1 / sqrt(q11 q22) a product of per-image factors (no
+  per-pair division); where q11 q22 - q12^2 <= 0, r = 0 gives nt's exact
+  theta = 0 (or pi). Near alignment this is as accurate as r (float64
+  comparison: 3-16x closer than acos(|cos theta|) by polynomial, which
+  loses digits at small theta). float64 uses `jnp.arctan2` as nt does.
 * Stages (`_stage`) are separate XLA computations, so that each ReLU's
   square root and polynomial are evaluated once per position and stored,
   instead of being re-fused into each tap of the next window sum.
@@ -83,11 +87,12 @@ import jax.numpy as jnp
 from jax import lax
 
 _TWO_PI = 2 * math.pi
-# acos(x) ~ sqrt(1 - x) P(x) on [0, 1], minimax: |error| < 1.3e-8 (exact
-# arithmetic), < 2.5e-7 evaluated in float32.
-_ACOS_COEFFS = (1.57079631e+00, -2.14599892e-01, 8.89992629e-02,
-                -5.03127697e-02, 3.13354212e-02, -1.78089023e-02,
-                7.24538158e-03, -1.44145895e-03)
+# asin(z) / (2 pi) ~ z Q(z^2) on [0, 1/sqrt(2)], fitted for uniform absolute
+# error: < 1.4e-8 turns evaluated in float32 (the same coefficients as the
+# native kernel's `AsinTurns`).
+_ASIN_TURNS_COEFFS = (1.5915491987e-01, 2.6527921430e-02, 1.1881593366e-02,
+                      7.7472055906e-03, 9.3051074311e-04, 1.6611153765e-02,
+                      -2.0517343658e-02, 2.0779819463e-02)
 # Below this, sqrt(q11 q22 - q12^2) counts as 0 for derivatives (nt's
 # `_sqrt` custom JVP uses the squared threshold 1e-30).
 _R_TOL = 1e-15
@@ -192,31 +197,35 @@ def _box_t(g, axis: int, size: int, k: int, s: int, lo: int):
   return lax.slice_in_dim(inter, lo, lo + size, 1, axis)
 
 
-def _acos01(x):
-  """acos(x) for x in [0, 1] (float32 polynomial, no division)."""
-  p = _ACOS_COEFFS[-1]
-  for c in _ACOS_COEFFS[-2::-1]:
-    p = p * x + c
-  return jnp.sqrt(1 - x) * p
+def _asin_turns(z):
+  """asin(z) / (2 pi) for z in [0, 1/sqrt(2)] (float32 polynomial)."""
+  u = z * z
+  p = _ASIN_TURNS_COEFFS[-1]
+  for c in _ASIN_TURNS_COEFFS[-2::-1]:
+    p = p * u + c
+  return z * p
 
 
-def _theta(q, d, inv_s12):
-  """The angle atan2(sqrt(max(d, 0)), q) between two ReLU inputs.
+def _dot(q, r, inv_s12):
+  """1/2 - theta / (2 pi), theta = atan2(r, q) the angle between two ReLU
+  inputs.
 
   Args:
     q: cross-covariance q12.
-    d: q11 q22 - q12^2, as nt computes it (exactly 0 for aligned inputs).
+    r: sqrt(max(q11 q22 - q12^2, 0)), 0 for aligned inputs (nt's d).
     inv_s12: 1 / sqrt(q11 q22) (products of per-image factors).
 
-  float64: `jnp.arctan2`, exactly nt's formula. float32: acos(q / s12) by
-  polynomial (same conditioning near alignment as nt's sqrt(d)), with nt's
-  exact 0 (or pi) where d <= 0.
+  float64: `jnp.arctan2`, exactly nt's formula. float32: acos(|cos theta|)
+  / (2 pi) is asin(sin theta) where cos theta is the larger, else 1/4 -
+  asin(|cos theta|), from one polynomial on [0, 1/sqrt(2)].
   """
   if q.dtype == jnp.float64:
-    return jnp.arctan2(jnp.sqrt(jnp.maximum(d, 0)), q)
-  x = jnp.minimum(jnp.abs(q) * inv_s12, 1)
-  a = jnp.where(d > 0, _acos01(x), 0)
-  return jnp.where(q >= 0, a, math.pi - a)
+    return 0.5 - jnp.arctan2(r, q) / _TWO_PI
+  x = jnp.abs(q) * inv_s12
+  y = r * inv_s12
+  s = _asin_turns(jnp.minimum(x, y))
+  a = jnp.where(x > y, s, 0.25 - s)
+  return jnp.where(q >= 0, 0.5 - a, a)
 
 
 def _dense(n, t, spec: CNNSpec):
@@ -336,7 +345,7 @@ def _relu_fwd(q, v1, v2, is1, is2, diag, keep):
   if diag is not None:
     d = jnp.where(diag, 0, d)
   r = jnp.sqrt(jnp.maximum(d, 0))
-  dot = 0.5 - _theta(q, d, is1 * is2) / _TWO_PI
+  dot = _dot(q, r, is1 * is2)
   if not keep:
     return r, dot
   live = r > _R_TOL
@@ -755,8 +764,9 @@ def ntk_fn(spec: CNNSpec, *, step_size=None, impl: str = "auto"):
 # Arithmetic count.
 
 # Per position of a ReLU layer, forward: d = v1 v2 - q^2 (3), r = sqrt(max)
-# (2), x = |q| is1 is2 (3), acos: 7 FMA + sqrt(1 - x) + product (17), sign
-# and alignment selects (3), dot (2), n = r / 2pi + dot q (3), t dot (1).
+# (2), x = |q| is1 is2 (3), y = r is1 is2 (1), asin of min(x, y): min, z^2,
+# 7 FMA, times z (17), the selects and subtractions for acos and for the
+# sign of q (4), n = r / 2pi + dot q (3), t dot (1).
 _RELU_FWD_FLOPS = 34
 # Backward: 1 / r (2), g_t (1), gt t / r (2), g_q (4), w (4), sum over the
 # x1 images (1).
