@@ -83,14 +83,14 @@ inline Vec Min(Vec a, Vec b) { return a < b ? a : b; }
 inline Vec Abs(Vec a) { return a < 0.f ? -a : a; }
 #endif
 
-// 1 / sqrt(x), x > 0: the hardware's 14-bit estimate and one Newton step
-// (relative error ~3e-9 before rounding, a few ulp after), instead of
-// vsqrtps and vdivps, which issue once per ~12 cycles on 512-bit vectors.
-inline Vec RSqrt(Vec x) {
+// 1 / sqrt(x), x > 0: the hardware's 14-bit estimate, which the ReLU
+// refines by one Newton step (relative error ~3e-9 before rounding, a few
+// ulp after), instead of vsqrtps and vdivps, which issue once per ~12
+// cycles on 512-bit vectors. Exact where there is no AVX-512 (the Newton
+// step then changes nothing).
+inline Vec RSqrt14(Vec x) {
 #if defined(__AVX512F__)
-  const Vec y = reinterpret_cast<Vec>(_mm512_rsqrt14_ps(
-      reinterpret_cast<__m512>(x)));
-  return y * (1.5f - (0.5f * x) * y * y);
+  return reinterpret_cast<Vec>(_mm512_rsqrt14_ps(reinterpret_cast<__m512>(x)));
 #else
   Vec y;
   for (int k = 0; k < kLanes; ++k) y[k] = 1.f / std::sqrt(x[k]);
@@ -201,12 +201,12 @@ Geometry MakeGeometry(int H, int W, int C, int64_t depth, int64_t kh,
   return g;
 }
 
-// asin(z) / (2 pi) for 0 <= z <= 1 / sqrt(2): z Q(z^2), Q of degree 7
+// asin(z) / (2 pi) = z Q(z^2) for 0 <= z <= 1 / sqrt(2), Q of degree 7
 // fitted for uniform absolute error (1.4e-8 turns, float32 rounding at
-// 0.125 turns). The ReLU takes acos from it through the smaller of
-// cos theta and sin theta, so no square root of its own is needed.
-inline Vec AsinTurns(Vec z) {
-  const Vec u = z * z;
+// 0.125 turns), by Horner's rule. The ReLU takes acos from it through the
+// smaller of cos theta and sin theta, so no square root of its own is
+// needed.
+inline Vec AsinTurnsQ(Vec u) {
   Vec p = Splat(2.0779819463e-02f);
   p = p * u - 2.0517343658e-02f;
   p = p * u + 1.6611153765e-02f;
@@ -214,30 +214,44 @@ inline Vec AsinTurns(Vec z) {
   p = p * u + 7.7472055906e-03f;
   p = p * u + 1.1881593366e-02f;
   p = p * u + 2.6527921430e-02f;
-  p = p * u + 1.5915491987e-01f;
-  return z * p;
+  return p * u + 1.5915491987e-01f;
 }
 
-// mask ? c - a : a, as one masked subtraction where AVX-512 has them.
+// 1/2 - theta / (2 pi), theta = atan2(r, q), with isp = 1 / sqrt(v1 v2) so
+// that |cos theta| = |q| isp and sin theta = r isp: acos(|cos|) / 2pi is
+// asin(sin) / 2pi where |q| > r, else 1/4 - asin(|cos|) / 2pi, and theta is
+// pi - acos(|cos|) where q < 0. So the result is c + sign z Q(z^2), z =
+// min(|q|, r) isp, with (c, sign) = (1/2, -1) for q >= 0 and |q| > r, (1/4,
+// +1) for q >= 0 and |q| <= r, (0, +1) for q < 0 and |q| > r, (1/4, -1) for
+// q < 0 and |q| <= r: one FMA after the polynomial. (On Zen 4, multiplies
+// and FMAs share two 256-bit pipes, and they bound the ReLU: this form
+// needs the fewest of them; the compares, min and masked moves go to the
+// other pipes.)
 #if defined(__AVX512F__)
-inline Vec SubWhere(__mmask16 mask, float c, Vec a) {
-  const __m512 av = reinterpret_cast<__m512>(a);
-  return reinterpret_cast<Vec>(
-      _mm512_mask_sub_ps(av, mask, _mm512_set1_ps(c), av));
-}
-inline __mmask16 Greater(Vec a, Vec b) {
-  return _mm512_cmp_ps_mask(reinterpret_cast<__m512>(a),
-                            reinterpret_cast<__m512>(b), _CMP_GT_OQ);
-}
-inline __mmask16 NotNegative(Vec a) {
-  return _mm512_cmp_ps_mask(reinterpret_cast<__m512>(a), _mm512_setzero_ps(),
-                            _CMP_GE_OQ);
+inline Vec ReluDot(Vec q, Vec aq, Vec r, Vec isp) {
+  const __m512 av = reinterpret_cast<__m512>(aq);
+  const __m512 rv = reinterpret_cast<__m512>(r);
+  const Vec z = reinterpret_cast<Vec>(_mm512_min_ps(av, rv)) * isp;
+  const __m512 zv = reinterpret_cast<__m512>(z);
+  const __mmask16 gt = _mm512_cmp_ps_mask(av, rv, _CMP_GT_OQ);
+  const __mmask16 nn = _mm512_cmp_ps_mask(reinterpret_cast<__m512>(q),
+                                          _mm512_setzero_ps(), _CMP_GE_OQ);
+  const __mmask16 neg = _kxnor_mask16(gt, nn);
+  const __m512 zs = _mm512_mask_sub_ps(zv, neg, _mm512_setzero_ps(), zv);
+  __m512 c = _mm512_set1_ps(0.25f);
+  c = _mm512_mask_mov_ps(c, _kand_mask16(gt, nn), _mm512_set1_ps(0.5f));
+  c = _mm512_mask_mov_ps(c, _kandn_mask16(nn, gt), _mm512_setzero_ps());
+  return reinterpret_cast<Vec>(zs) * AsinTurnsQ(z * z) +
+         reinterpret_cast<Vec>(c);
 }
 #else
-using Mask = decltype(Vec{} > Vec{});
-inline Vec SubWhere(Mask mask, float c, Vec a) { return mask ? c - a : a; }
-inline Mask Greater(Vec a, Vec b) { return a > b; }
-inline Mask NotNegative(Vec a) { return a >= 0.f; }
+inline Vec ReluDot(Vec q, Vec aq, Vec r, Vec isp) {
+  const Vec z = (aq < r ? aq : r) * isp;
+  const auto gt = aq > r, nn = q >= 0.f;
+  const Vec c = gt ? (nn ? Splat(0.5f) : Vec{}) : Splat(0.25f);
+  const Vec zs = (gt == nn) ? -z : z;
+  return zs * AsinTurnsQ(z * z) + c;
+}
 #endif
 
 // Two maps carried together (the n and tt of a ReLU, or their cotangents).
@@ -402,9 +416,10 @@ inline const float* TIn(const Scratch& sc, int l) {
 
 // ReLU layer l, elementwise over positions x lanes: fills r, dot, inv_r (if
 // kKeep) and the outputs n = r / 2pi + dot q, tt = t dot.
-// `offdiag` is 0 in the lanes where the pair is one image (self-kernel
-// diagonal: exactly aligned inputs, d = 0), else 1.
-template <bool kKeep>
+// kDiag: `offdiag` is 0 in the lanes where the pair is one image
+// (self-kernel diagonal: exactly aligned inputs, d = 0), else 1; without
+// kDiag it is all ones and not used.
+template <bool kKeep, bool kDiag>
 void Relu(const Geometry& g, int l, Scratch& sc, const float* v1t,
           const float* is1t, const X2Image& x2, Vec offdiag) {
   const int P = g.hl[l] * g.wl[l];
@@ -419,26 +434,25 @@ void Relu(const Geometry& g, int l, Scratch& sc, const float* v1t,
   for (int p = 0; p < P; ++p) {
     const int e = p * kLanes;
     const Vec qq = Load(q + e);
-    const Vec d = (Load(v1t + (off + p) * kLanes) * x2.v[off + p] - qq * qq) *
-                  offdiag;
-    // r = sqrt(max(d, 0)) = d / sqrt(d), 0 where d <= 0.
-    const Vec inv_sqrt_d = RSqrt(Max(d, Splat(kTiny)));
-    const Vec rr = Max(d, Vec{}) * inv_sqrt_d;
-    // |cos theta| = |q| / sqrt(v1 v2) and sin theta = r / sqrt(v1 v2).
+    Vec d = Load(v1t + (off + p) * kLanes) * x2.v[off + p] - qq * qq;
+    if (kDiag) d *= offdiag;
+    // r = sqrt(d): h = d y0 from the estimate y0 of 1 / sqrt(d), then one
+    // Newton step, r = h (3/2 - h y0 / 2). Where d <= 0, d is taken as
+    // float32's tiny: r ~ 1e-19, below kRTol (the derivatives treat it as
+    // 0) and 1e-19 of the kernel's scale in n.
+    const Vec dm = Max(d, Splat(kTiny));
+    const Vec y0 = RSqrt14(dm);
+    const Vec h = dm * y0;
+    const Vec newton = 1.5f - 0.5f * (h * y0);
+    const Vec rr = h * newton;
     const Vec isp = Load(is1t + (off + p) * kLanes) * x2.is[off + p];
-    const Vec x = Abs(qq) * isp;
-    const Vec y = rr * isp;
-    // acos(x) / 2pi: asin(y) where x > y, else 1/4 - asin(x); then
-    // dd = 1/2 - theta / 2pi, theta = acos(x) where q >= 0, else pi - acos(x).
-    // (d <= 0: y = 0, theta = 0 or pi.)
-    const Vec a = SubWhere(~Greater(x, y), 0.25f, AsinTurns(Min(x, y)));
-    const Vec dd = SubWhere(NotNegative(qq), 0.5f, a);
+    const Vec dd = ReluDot(qq, Abs(qq), rr, isp);
     Store(n_out + e, rr * kInvTwoPi + dd * qq);
     Store(tt_out + e, Load(t + e) * dd);
     if (kKeep) {
       Store(r + e, rr);
       Store(dot + e, dd);
-      Store(inv_r + e, rr > kRTol ? inv_sqrt_d : Vec{});
+      Store(inv_r + e, rr > kRTol ? y0 * newton : Vec{});
     }
   }
 }
@@ -690,10 +704,13 @@ template <bool kKeep, int KW, int CC, int SS>
 void Forward(const Geometry& g, Scratch& sc, const float* x1t,
              const float* v1t, const float* is1t, const X2Image& x2,
              Vec offdiag, float* k_out) {
-  Relu<kKeep>(g, 0, sc, v1t, is1t, x2, offdiag);
+  bool diag = false;
+  for (int k = 0; k < kLanes; ++k) diag |= offdiag[k] == 0.f;
+  const auto relu = diag ? Relu<kKeep, true> : Relu<kKeep, false>;
+  relu(g, 0, sc, v1t, is1t, x2, offdiag);
   for (int l = 1; l < g.depth; ++l) {
     ConvLayer<KW, SS>(g, l, sc);
-    Relu<kKeep>(g, l, sc, v1t, is1t, x2, offdiag);
+    relu(g, l, sc, v1t, is1t, x2, offdiag);
   }
   if (kKeep) return;  // the backward needs no K
   const int L = g.depth - 1;
