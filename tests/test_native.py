@@ -50,15 +50,21 @@ def _outputs(k, x1, x2, g, gs):
   return [np.asarray(o) for o in f(x1, x2)]
 
 
-@pytest.mark.parametrize("shape, depth, strides, filter_shape", SPECS)
-def test_native_equals_pure_jax(shape, depth, strides, filter_shape):
+def _case(shape, depth, strides, filter_shape):
+  """A spec, 19 x1 images (one full tile of 16 lanes and a partial one), 5
+  x2 images, and cotangents for K(x1, x2) and K(x1, x1)."""
   spec = _cnn_ntk.CNNSpec(image_shape=shape, depth=depth, strides=strides,
                           filter_shape=filter_shape)
-  # 19 x1 images: one full tile of 16 lanes and a partial one.
   x1, x2 = _images(shape, 19, 0), _images(shape, 5, 1)
   rng = np.random.default_rng(2)
   g = jnp.asarray(rng.normal(size=(19, 5)), jnp.float32)
   gs = jnp.asarray(rng.normal(size=(19, 19)), jnp.float32)
+  return spec, x1, x2, g, gs
+
+
+@pytest.mark.parametrize("shape, depth, strides, filter_shape", SPECS)
+def test_native_equals_pure_jax(shape, depth, strides, filter_shape):
+  spec, x1, x2, g, gs = _case(shape, depth, strides, filter_shape)
   native = _outputs(_cnn_ntk.ntk_fn(spec, impl="native"), x1, x2, g, gs)
   ref = _outputs(_cnn_ntk.ntk_fn(spec, impl="jax"), x1, x2, g, gs)
   for name, a, b in zip(("K", "dK/dx1", "dK/dx2", "K(x,x)", "dK(x,x)/dx"),
@@ -185,12 +191,7 @@ def test_native_float32_is_close_to_float64(shape, depth, strides,
                                             filter_shape):
   """theta from the smaller of |cos| and sin keeps float32 accurate near
   alignment (partly blank windows), in K and in both gradients."""
-  spec = _cnn_ntk.CNNSpec(image_shape=shape, depth=depth, strides=strides,
-                          filter_shape=filter_shape)
-  x1, x2 = _images(shape, 19, 0), _images(shape, 5, 1)
-  rng = np.random.default_rng(2)
-  g = jnp.asarray(rng.normal(size=(19, 5)), jnp.float32)
-  gs = jnp.asarray(rng.normal(size=(19, 19)), jnp.float32)
+  spec, x1, x2, g, gs = _case(shape, depth, strides, filter_shape)
   native = _outputs(_cnn_ntk.ntk_fn(spec, impl="native"), x1, x2, g, gs)
   with enable_x64():
     exact = _outputs(_cnn_ntk.ntk_fn(spec, impl="jax"),
