@@ -89,7 +89,7 @@ from jax import lax
 _TWO_PI = 2 * math.pi
 # asin(z) / (2 pi) ~ z Q(z^2) on [0, 1/sqrt(2)], fitted for uniform absolute
 # error: < 1.4e-8 turns evaluated in float32 (the same coefficients as the
-# native kernel's `AsinTurns`).
+# native kernel's `AsinTurnsQ`, which leaves the factor z to its caller).
 _ASIN_TURNS_COEFFS = (1.5915491987e-01, 2.6527921430e-02, 1.1881593366e-02,
                       7.7472055906e-03, 9.3051074311e-04, 1.6611153765e-02,
                       -2.0517343658e-02, 2.0779819463e-02)

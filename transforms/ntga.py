@@ -164,7 +164,7 @@ def _programs(key: NTGAConfig, num_classes: int,
               image_shape: Tuple[int, ...], padded: bool = False
               ) -> _Programs:
   """The jitted programs. `padded`: rows of `y1h` that are all zero are
-  padding, decoupled from the real examples (`_pad_block`)."""
+  padding, decoupled from the real examples (see `_attack`)."""
   kernel = kernels.kernel_fn(
       key.surrogate, image_shape=image_shape, num_classes=num_classes,
       depth=key.depth, width=key.width, strides=key.strides)
