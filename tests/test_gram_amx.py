@@ -18,7 +18,7 @@ from ntga_tfds.transforms import _gram
 from ntga_tfds.transforms import _native
 
 pytestmark = pytest.mark.skipif(
-    not _gram.available(),
+    not _gram.available("amx"),
     reason=("AMX Gram kernel unavailable (no AMX, or the build failed: "
             f"{_native.build_error('gram_amx')})"))
 
@@ -47,7 +47,8 @@ def test_values_and_gradient_match_float64(m, n, d):
   xv = u8.astype(np.float32) / np.float32(255)
   op = _gram.prepare(u8)
   assert op is not None
-  c0, vjp = jax.vjp(lambda x: _gram.val_gram(op, x), jnp.asarray(x))
+  c0, vjp = jax.vjp(lambda x: _gram.val_gram(op, jnp.asarray(xv), x),
+                    jnp.asarray(x))
   (gx,) = vjp(jnp.asarray(dc))
   assert c0.shape == (m, n) and gx.shape == (n, d)
 
@@ -69,8 +70,9 @@ def test_jit_and_tiny_values():
   u8, x, dc = _case(70, 35, 90, seed=1)
   op = _gram.prepare(u8)
   xv = u8.astype(np.float64) / 255
-  f = jax.jit(lambda op, x, dc: jax.vjp(lambda x: _gram.val_gram(op, x),
-                                        x)[1](dc)[0])
+  f = jax.jit(lambda op, x, dc: jax.vjp(
+      lambda x: _gram.val_gram(op, jnp.asarray(xv, jnp.float32), x),
+      x)[1](dc)[0])
   gx = f(op, jnp.asarray(x), jnp.asarray(dc * 1e-20))
   want = (dc.astype(np.float64) * 1e-20).T @ xv / 90
   assert _rel(gx, want) < 1e-6
@@ -81,12 +83,13 @@ def test_prepare_declines(monkeypatch):
   assert _gram.prepare(u8, np.float64) is None
   assert _gram.prepare(u8.astype(np.float32)) is None  # not 8-bit pixels
   monkeypatch.setenv("NTGA_TFDS_AMX", "0")
-  assert not _gram.available() and _gram.prepare(u8) is None
+  assert not _gram.available("amx")
+  assert not isinstance(_gram.prepare(u8), _gram.ValOperand)
   monkeypatch.delenv("NTGA_TFDS_AMX")
   monkeypatch.setenv("NTGA_TFDS_NATIVE", "0")
-  assert not _gram.available() and _gram.prepare(u8) is None
+  assert not _gram.available("amx") and _gram.prepare(u8) is None
   monkeypatch.delenv("NTGA_TFDS_NATIVE")
-  assert _gram.prepare(u8) is not None
+  assert isinstance(_gram.prepare(u8), _gram.ValOperand)
 
 
 def _step(digits, amx: bool, dtype="float32"):

@@ -193,8 +193,8 @@ class GramForm(NamedTuple):
   from_gram: Callable  # (c0 (n1, n2), p1 (n1,), p2 (n2,)) -> ntk (n1, n2)
   # Optional faster Gram matrix against a fixed set of 8-bit images
   # (`ntga`'s validation set, x1 = u8 / 255): op = prepare(u8, dtype) once
-  # (None where it cannot run), then prepared_gram(op, x2) == gram(x1, x2),
-  # differentiable in x2 (the FNN: AMX, `_gram`).
+  # (None where it cannot run), then prepared_gram(op, x1, x2) ==
+  # gram(x1, x2), differentiable in x2 (the FNN: AMX or VNNI, `_gram`).
   prepare: Optional[Callable] = None
   prepared_gram: Optional[Callable] = None
 

@@ -203,7 +203,7 @@ def _programs(key: NTGAConfig, num_classes: int,
     def features(x):
       xf = x.reshape(x.shape[0], -1)
       c0 = (form.gram(xv, xf) if val.op is None else
-            form.prepared_gram(val.op, xf))
+            form.prepared_gram(val.op, xv, xf))
       c0 = c0.reshape(val.w.shape + (x.shape[0],))
       return c0, form.sq_norms(xf)
 
