@@ -39,6 +39,9 @@ INSTALL_REQUIRES = [
     "scikit-learn>=1.3",
     # Learning curves and example grids written by the evaluation CLI.
     "matplotlib>=3.7",
+    # One BLAS thread while the attack runs (`ntga._one_blas_thread`);
+    # already a scikit-learn dependency.
+    "threadpoolctl>=3",
     # Progress bars (already a tensorflow-datasets dependency).
     "tqdm>=4.60",
     "numpy>=1.26",

@@ -7,6 +7,7 @@ from jax.experimental import enable_x64
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import threadpoolctl
 
 from ntga_tfds.transforms import kernels
 from ntga_tfds.transforms import losses
@@ -178,6 +179,23 @@ def test_deterministic(small):
                   config=config)
   assert a.tobytes() == b.tobytes()
   assert a.tobytes() != c.tobytes()
+
+
+def test_steps_run_with_one_blas_thread(small):
+  """BLAS threads spin after each LAPACK call (`ntga._one_blas_thread`):
+  while the steps run, every loaded BLAS has one thread; afterwards, as
+  many as before."""
+  x, y, xv, yv = small
+  blas = lambda: [p["num_threads"] for p in threadpoolctl.threadpool_info()
+                  if p["user_api"] == "blas"]
+  before = blas()
+  during = []
+  ntga.poison_block(x[:20], y[:20], x_val=xv, y_val=yv, key=KEY,
+                    config=FAST.replace(nb_iter=2),
+                    on_step=lambda i, l: during.append(blas()))
+  assert before and len(during) == 2
+  assert all(threads == [1] * len(before) for threads in during)
+  assert blas() == before
 
 
 def test_validation_chunking_does_not_change_result(small):
