@@ -2,13 +2,15 @@
 
 `transforms/_native/gram_vnni.cc` computes c0 = (u / 255)(v / 255)^T / d
 in exact integer arithmetic when the block x = v / 255 is on the 8-bit
-grid, and `_gram` falls back to the float32 matmul off the grid and for the
-gradient. Checked here, against float64 numpy: one rounding on the grid (at
-sizes that are not multiples of the micro-kernel's 6 rows, 64 columns and 4
-deep, and at the CIFAR-10 block size); the fallback off the grid (values
-between levels, outside [0, 1]) and near it (float32 drift, which the grid
-check accepts); the gradient; where it is not used; and the attack's step.
-AMX, preferred where present, is switched off here.
+grid (`_gram` falls back to the float32 matmul off the grid), and the
+gradient dc^T x_val / d with the cotangent in three 8-bit digits per
+column. Checked here, against float64 numpy: one rounding on the grid and
+the gradient's quantisation bound (at sizes that are not multiples of the
+micro-kernel's 6 rows, 64 columns and 4 deep, and at the CIFAR-10 block
+size); the fallback off the grid (values between levels, outside [0, 1])
+and near it (float32 drift, which the grid check accepts); cotangent
+columns tiny, huge, zero and not finite; where it is not used; and the
+attack's step. AMX, preferred where present, is switched off here.
 """
 
 import jax
@@ -65,13 +67,74 @@ def test_on_the_grid_values_are_rounded_once(m, n, d):
   assert err.max() <= np.abs(xla - want).max()
 
 
-def test_gradient_is_the_float32_transpose_product():
-  u8, _, xv, x = _case(130, 70, 300, seed=3)
-  dc = np.random.default_rng(4).normal(size=(130, 70)).astype(np.float32)
-  _, vjp = _gram_and_vjp(_gram.prepare(u8), xv, x)
-  (gx,) = vjp(jnp.asarray(dc))
-  want = dc.astype(np.float64).T @ xv.astype(np.float64) / 300
-  np.testing.assert_allclose(gx, want, rtol=1e-5, atol=1e-6)
+def _grad(op, xv, x, dc):
+  _, vjp = _gram_and_vjp(op, xv, x)
+  return np.asarray(vjp(jnp.asarray(dc))[0], np.float64)
+
+
+def _grad_bound(dc, xv, want):
+  """The backward's error bound: each cotangent column is quantised to
+  23 bits of its largest magnitude, and the sum is exact until one final
+  rounding."""
+  d = xv.shape[1]
+  col_max = np.max(np.abs(dc.astype(np.float64)), axis=0)
+  return (2.0**-23 * col_max[:, None] * xv.astype(np.float64).sum(0)[None] / d
+          + 2.0**-23 * np.abs(want))
+
+
+@pytest.mark.parametrize("m,n,d", [(1, 1, 1), (7, 3, 5), (37, 19, 45),
+                                   (300, 65, 100), (129, 130, 784),
+                                   (1000, 512, 3072)])
+def test_gradient_is_within_its_quantisation_bound(m, n, d):
+  u8, _, xv, x = _case(m, n, d, seed=m + n + d)
+  rng = np.random.default_rng(m * n)
+  # Heavy-tailed cotangents: a column's largest entry sets its scale.
+  dc = (rng.normal(size=(m, n)) * np.exp(2 * rng.normal(size=(m, n)))
+        ).astype(np.float32)
+  op = _gram.prepare(u8)
+  assert op.at is not None
+  gx = _grad(op, xv, x, dc)
+  assert gx.shape == (n, d)
+  want = dc.astype(np.float64).T @ xv.astype(np.float64) / d
+  assert np.all(np.abs(gx - want) <= _grad_bound(dc, xv, want))
+  # Against the float32 matmul's error, on the scale of the terms summed,
+  # for cotangents without heavy tails (with them, the quantisation's
+  # share grows with max / typical magnitude, as the bound says).
+  dc = rng.normal(size=(m, n)).astype(np.float32)
+  gx = _grad(op, xv, x, dc)
+  want = dc.astype(np.float64).T @ xv.astype(np.float64) / d
+  terms = np.abs(dc.astype(np.float64)).T @ xv.astype(np.float64) / d
+  xla = np.asarray((jnp.asarray(dc) / d).T @ jnp.asarray(xv), np.float64)
+  assert (np.max(np.abs(gx - want) / terms)
+          <= 4 * max(np.max(np.abs(xla - want) / terms), 6e-8))
+
+
+def test_gradient_columns_at_any_scale_zero_and_not_finite():
+  u8, _, xv, x = _case(40, 6, 30, seed=8)
+  dc = np.random.default_rng(9).normal(size=(40, 6)).astype(np.float32)
+  dc[:, 1] *= np.float32(1e-30)   # per-column scales keep the precision
+  dc[:, 2] *= np.float32(1e30)
+  dc[:, 3] = 0
+  dc[5, 4] = np.nan
+  dc[7, 5] = np.inf
+  gx = _grad(_gram.prepare(u8), xv, x, dc)
+  ok = [0, 1, 2]
+  want = dc[:, ok].astype(np.float64).T @ xv.astype(np.float64) / 30
+  assert np.all(np.abs(gx[ok] - want) <= _grad_bound(dc[:, ok], xv, want))
+  assert np.all(gx[3] == 0)
+  assert np.all(np.isnan(gx[4:]))  # as NaN or inf would poison the matmul
+
+
+def test_gradient_of_a_large_validation_set_uses_the_matmul():
+  """Past 32,768 validation images the backward's int32 sums could
+  overflow: the float32 matmul runs instead."""
+  u8, _, xv, x = _case(32769, 3, 4, seed=10)
+  op = _gram.prepare(u8)
+  assert op.at is None and op.usum is None
+  dc = np.random.default_rng(11).normal(size=(32769, 3)).astype(np.float32)
+  want = dc.astype(np.float64).T @ xv.astype(np.float64) / 4
+  np.testing.assert_allclose(_grad(op, xv, x, dc), want, rtol=1e-4,
+                             atol=1e-5)
 
 
 def test_off_the_grid_falls_back_to_the_float32_matmul():

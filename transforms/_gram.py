@@ -10,13 +10,19 @@ that, whichever the CPU has (`backend`):
   other operand, split into three bfloat16 parts, keeps float32 precision;
   AMX multiplies bfloat16 tiles with float32 accumulation at many times the
   float32 rate. Both products.
-* "vnni" (AVX-512 VNNI, `_native/gram_vnni.cc`): the forward product only,
-  and only when the block is on the 8-bit grid too, x = v / 255, as the
-  attack's iterates are at its defaults (eps and step multiples of 1/255, no
-  random start): then u v^T is exact in int8 x int8 -> int32 arithmetic, at
-  twice the float32 FMA rate, and c0 is rounded once, at the end. Off the
-  grid (checked on every call, `_GRID_TOL`), and in the backward pass, the
-  float32 matmul runs.
+* "vnni" (AVX-512 VNNI, `_native/gram_vnni.cc`), in 8-bit integer
+  products (int32 sums, exact), at four times the float32 FMA rate per
+  cycle:
+  - forward, when the block is on the 8-bit grid too, x = v / 255, as the
+    attack's iterates are at its defaults (eps and step multiples of 1/255,
+    no random start): u v^T is exact, and c0 is rounded once, at the end.
+    Off the grid (checked on every call, `_GRID_TOL`), the float32 matmul
+    runs.
+  - backward: each column of the cotangent dc is quantised to 24 bits of
+    its largest magnitude (three 8-bit digits, three integer products),
+    and the sum is exact until one final rounding: the error is at most
+    2^-23 max|dc[:, b]| sum_v x_val[v, k] / d, next to float32 rounding of
+    the terms' own sizes (see the tests for both against float64).
 
 Usage (`ntga._chunk_validation` prepares once per validation set, and each
 step calls `val_gram`):
@@ -78,16 +84,22 @@ class ValOperand:
 
 
 @functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=("a",), meta_fields=("m", "d"))
+                   data_fields=("a", "at", "usum"), meta_fields=("m", "d"))
 @dataclasses.dataclass(frozen=True)
 class VnniOperand:
-  """The validation images `(m, d)` as the VNNI kernel's signed operand.
+  """The validation images `(m, d)` as the VNNI kernels' signed operands.
 
   a: u - 128 as int8, `(mp, kp)`: rows zero-padded to a multiple of the
-    micro-kernel's rows (6), columns to a multiple of 4.
+    micro-kernel's rows (6), columns to a multiple of 4 (the forward's).
+  at: (u - 128)^T as int8, `(dp, mq)`: d padded to a multiple of 6, m to a
+    multiple of 4 (the backward's); None where m > 32,768 (the backward
+    then runs the float32 matmul).
+  usum: `(d,)` int32, the column sums of u (the backward's).
   m, d: the unpadded shape (static).
   """
   a: jnp.ndarray
+  at: Optional[jnp.ndarray]
+  usum: Optional[jnp.ndarray]
   m: int
   d: int
 
@@ -164,11 +176,20 @@ def prepare(u8, dtype=np.float32) -> Optional[Operand]:
     return ValOperand(jnp.asarray(a.view(jnp.bfloat16)),
                       jnp.asarray(at.view(jnp.bfloat16)), m, d)
   if d <= _VNNI_MAX_DEPTH and available("vnni"):
-    mr = int(_native.load(_VNNI).NtgaVnniMr())
+    lib = _native.load(_VNNI)
+    mr = int(lib.NtgaVnniMr())
     a = np.zeros((-(-m // mr) * mr, -(-d // 4) * 4), np.int8)
     # u - 128 as int8 is u with its top bit flipped.
     a[:m, :d] = (u8 ^ np.uint8(0x80)).view(np.int8)
-    return VnniOperand(jnp.asarray(a), m, d)
+    at = usum = None
+    if m <= _VNNI_MAX_DEPTH:
+      at = np.empty((-(-d // mr) * mr, -(-m // 4) * 4), np.int8)
+      usum = np.empty((d,), np.int32)
+      lib.NtgaVnniTransposeU8(
+          u8.ctypes.data_as(ptr), ctypes.c_int64(m), ctypes.c_int64(d),
+          at.ctypes.data_as(ptr), usum.ctypes.data_as(ptr))
+      at, usum = jnp.asarray(at), jnp.asarray(usum)
+    return VnniOperand(jnp.asarray(a), at, usum, m, d)
   return None
 
 
@@ -234,11 +255,17 @@ def _vnni_gram(op: VnniOperand, x_val, x):
 
 
 def _vnni_gram_fwd(op, x_val, x):
-  return _vnni_forward(op, x_val, x), x_val
+  return _vnni_forward(op, x_val, x), (op, x_val)
 
 
-def _vnni_gram_bwd(x_val, dc):
-  return None, None, (dc / x_val.shape[-1]).T @ x_val
+def _vnni_gram_bwd(res, dc):
+  op, x_val = res
+  if op.at is None:
+    return None, None, (dc / x_val.shape[-1]).T @ x_val
+  out = jax.ShapeDtypeStruct((op.d, dc.shape[1]), jnp.float32)
+  dxt = jax.ffi.ffi_call("ntga_gram_vnni_bwd", out, vmap_method="sequential")(
+      op.at, op.usum, dc.astype(jnp.float32))
+  return None, None, dxt.T
 
 
 _vnni_gram.defvjp(_vnni_gram_fwd, _vnni_gram_bwd)

@@ -43,7 +43,8 @@ _LIBRARIES: Dict[str, Tuple[str, Dict[str, str]]] = {
                                "ntga_fnn_ntk_bwd": "NtgaFnnNtkBwd"}),
     "gram_amx": ("gram_amx.cc", {"ntga_gram_amx": "NtgaGramAmx",
                                  "ntga_gram_amx_bwd": "NtgaGramAmxBwd"}),
-    "gram_vnni": ("gram_vnni.cc", {"ntga_gram_vnni": "NtgaGramVnni"}),
+    "gram_vnni": ("gram_vnni.cc", {"ntga_gram_vnni": "NtgaGramVnni",
+                                   "ntga_gram_vnni_bwd": "NtgaGramVnniBwd"}),
 }
 # Flags beyond `_FLAGS`, per library: the AMX intrinsics must compile on any
 # x86 CPU (whether this one has AMX is checked at run time, `_gram`).

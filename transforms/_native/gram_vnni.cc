@@ -1,6 +1,9 @@
-// The FNN surrogate's Gram matrix against the validation set, in exact
-// 8-bit integer arithmetic (AVX-512 VNNI), as an XLA FFI custom call for the
-// CPU: the forward product where AMX is missing (`gram_amx.cc`).
+// The FNN surrogate's Gram matrix against the validation set and its
+// gradient, in 8-bit integer arithmetic (AVX-512 VNNI), as XLA FFI custom
+// calls for the CPU, where AMX is missing (`gram_amx.cc`). The forward
+// (`NtgaGramVnni`) is described here; the backward (`NtgaGramVnniBwd`, the
+// cotangent in three 8-bit digits per column) at `PackDigitPanel` and
+// `BackwardImpl`.
 //
 // Both operands are on the 8-bit grid: the validation images x_val = u / 255
 // always, and the attacked block x = v / 255 at the attack's defaults (the
@@ -21,11 +24,12 @@
 // accumulated rounding. |u v^T| <= 255^2 d fits in int32 for d <= 32768,
 // which `_gram.prepare` checks.
 //
-// VPDPBUSD on a 512-bit register does 64 byte products: on this project's
-// 2-core Zen 4 (two 256-bit pipes) it retires one every two cycles, ~470
-// G products-and-adds per second per core, twice the float32 FMA rate.
+// VPDPBUSD on a 512-bit register does 64 byte products and their sums: on
+// this project's 2-core Zen 4 it retires one per cycle per core (3.66 G/s
+// measured: 469 G integer operations per second, a multiply and an add
+// counted as two), four times the float32 FMA rate (117 GFLOP/s per core).
 // Measured at (10,000, 512, 3,072): ~35 ms, 97% of that, against ~150 ms
-// for XLA's float32 matmul.
+// for XLA's float32 matmul; the backward, three such products, ~95 ms.
 //
 // Layout:
 // * a = u - 128: int8 (mp, kp), row-major, rows padded to a multiple of kMr
@@ -136,37 +140,24 @@ PackedV PackV(ffi::ThreadPool& pool, const float* x, int n, int64_t d,
   return p;
 }
 
-// One row of C: (acc + 128 colsum) scale, columns under `mask` only.
-NTGA_VNNI inline void StoreRow(float* dst, const __mmask16* mask,
-                               const __m512i* corr, __m512 scale, __m512i x0,
-                               __m512i x1, __m512i x2, __m512i x3) {
-  const __m512i xs[4] = {x0, x1, x2, x3};
-  for (int t = 0; t < 4; ++t)
-    _mm512_mask_storeu_ps(
-        dst + 16 * t, mask[t],
-        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(xs[t], corr[t])),
-                      scale));
-}
-
-// C rows [r, r + kMr) x group g, stored as float32 (acc + 128 colsum) scale
-// to out (ldo = n), rows < m and columns < n only.
-NTGA_VNNI void Micro(const int8_t* a, int64_t kp, const PackedV& v, int g,
-                     int64_t r, int64_t m, int n, float scale, float* out) {
-  const uint8_t* b = v.data + static_cast<int64_t>(g) * v.kq * 256;
+// acc[i][j] = sum over kq quads of the int8 row a[i * lda + 4 q ..] times
+// the packed panel's column j, for i < kMr, j < 64 (int32, exact).
+NTGA_VNNI void MicroAcc(const int8_t* a, int64_t lda, const uint8_t* panel,
+                        int64_t kq, int32_t* acc) {
 #define NTGA_ACC(i) \
   __m512i c##i##0 = _mm512_setzero_si512(), c##i##1 = c##i##0, \
           c##i##2 = c##i##0, c##i##3 = c##i##0;
   NTGA_ACC(0) NTGA_ACC(1) NTGA_ACC(2) NTGA_ACC(3) NTGA_ACC(4) NTGA_ACC(5)
 #undef NTGA_ACC
-  const int8_t* a0 = a + r * kp;
-  for (int64_t q = 0; q < v.kq; ++q, b += 256) {
+  const uint8_t* b = panel;
+  for (int64_t q = 0; q < kq; ++q, b += 256) {
     const __m512i b0 = _mm512_loadu_si512(b), b1 = _mm512_loadu_si512(b + 64),
                   b2 = _mm512_loadu_si512(b + 128),
                   b3 = _mm512_loadu_si512(b + 192);
 #define NTGA_ROW(i)                                                      \
   {                                                                      \
     int32_t w;                                                           \
-    std::memcpy(&w, a0 + (i) * kp + q * 4, 4);                           \
+    std::memcpy(&w, a + (i) * lda + q * 4, 4);                           \
     const __m512i ab = _mm512_set1_epi32(w);                             \
     c##i##0 = _mm512_dpbusd_epi32(c##i##0, b0, ab);                      \
     c##i##1 = _mm512_dpbusd_epi32(c##i##1, b1, ab);                      \
@@ -176,40 +167,18 @@ NTGA_VNNI void Micro(const int8_t* a, int64_t kp, const PackedV& v, int g,
     NTGA_ROW(0) NTGA_ROW(1) NTGA_ROW(2) NTGA_ROW(3) NTGA_ROW(4) NTGA_ROW(5)
 #undef NTGA_ROW
   }
-  const __m512 sc = _mm512_set1_ps(scale);
-  const int j0 = g * kGroup;
-  __m512i corr[4];
-  __mmask16 mask[4];
-  for (int t = 0; t < 4; ++t) {
-    corr[t] = _mm512_slli_epi32(
-        _mm512_loadu_si512(v.colsum + j0 + 16 * t), 7);  // 128 colsum
-    const int cols = std::clamp(n - (j0 + 16 * t), 0, 16);
-    mask[t] = static_cast<__mmask16>((1u << cols) - 1);
-  }
-  if (r + 0 < m) {
-    float* dst = out + (r + 0) * n + j0;
-    StoreRow(dst, mask, corr, sc, c00, c01, c02, c03);
-  }
-  if (r + 1 < m) {
-    float* dst = out + (r + 1) * n + j0;
-    StoreRow(dst, mask, corr, sc, c10, c11, c12, c13);
-  }
-  if (r + 2 < m) {
-    float* dst = out + (r + 2) * n + j0;
-    StoreRow(dst, mask, corr, sc, c20, c21, c22, c23);
-  }
-  if (r + 3 < m) {
-    float* dst = out + (r + 3) * n + j0;
-    StoreRow(dst, mask, corr, sc, c30, c31, c32, c33);
-  }
-  if (r + 4 < m) {
-    float* dst = out + (r + 4) * n + j0;
-    StoreRow(dst, mask, corr, sc, c40, c41, c42, c43);
-  }
-  if (r + 5 < m) {
-    float* dst = out + (r + 5) * n + j0;
-    StoreRow(dst, mask, corr, sc, c50, c51, c52, c53);
-  }
+#define NTGA_STORE(i)                                       \
+  _mm512_storeu_si512(acc + (i) * kGroup, c##i##0);         \
+  _mm512_storeu_si512(acc + (i) * kGroup + 16, c##i##1);    \
+  _mm512_storeu_si512(acc + (i) * kGroup + 32, c##i##2);    \
+  _mm512_storeu_si512(acc + (i) * kGroup + 48, c##i##3);
+  NTGA_STORE(0) NTGA_STORE(1) NTGA_STORE(2) NTGA_STORE(3) NTGA_STORE(4)
+  NTGA_STORE(5)
+#undef NTGA_STORE
+}
+
+const uint8_t* Panel(const PackedV& v, int g) {
+  return v.data + static_cast<int64_t>(g) * v.kq * 256;
 }
 
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> a,
@@ -236,9 +205,189 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> a,
   ParallelFor(pool, tasks, [&](int task) {
     const int64_t r0 = static_cast<int64_t>(task) * kRowsPerTask;
     const int64_t r1 = std::min<int64_t>(m, r0 + kRowsPerTask);
-    for (int g = 0; g < v.groups; ++g)
-      for (int64_t r = r0; r < r1; r += kMr)
-        Micro(ap, kp, v, g, r, m, n, scale, out);
+    alignas(64) int32_t acc[kMr * kGroup];
+    for (int g = 0; g < v.groups; ++g) {
+      const int j0 = g * kGroup, cols = std::min(kGroup, n - j0);
+      for (int64_t r = r0; r < r1; r += kMr) {
+        MicroAcc(ap + r * kp, kp, Panel(v, g), v.kq, acc);
+        // c0 = (u v^T) scale = ((u - 128) v^T + 128 sum_k v) scale.
+        for (int64_t i = 0; i < std::min<int64_t>(kMr, m - r); ++i) {
+          float* dst = out + (r + i) * n + j0;
+          for (int j = 0; j < cols; ++j)
+            dst[j] = static_cast<float>(acc[i * kGroup + j] +
+                                        128 * v.colsum[j0 + j]) * scale;
+        }
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// The backward product's unsigned operand: the cotangent dc (m, n) in three
+// base-256 digits. Per column b, q = rint(dc[v, b] s_b) with s_b =
+// kQMax / max_v |dc[v, b]| (|q| <= kQMax + 1 < 2^23 after the float32
+// product's rounding; clamped all the same), and q + kOff =
+// e0 + 256 e1 + 65536 e2 with kOff = 2^23, so every digit is 0..255. Rows
+// past m are all-zero digits (they must add nothing). `inv_scale[b]` is
+// s_b (0 for a zero column, NaN where the column is not finite).
+constexpr int kDigits = 3;
+constexpr float kQMax = 8388606.0f;  // 2^23 - 2
+constexpr int32_t kOff = 1 << 23;
+
+struct PackedDigits {
+  PackedV digit[kDigits];
+  const float* inv_scale;  // s_b, np entries
+};
+
+NTGA_VNNI void PackDigitPanel(const float* dc, int64_t m, int n, int64_t kq,
+                              int panel16, uint8_t* const* data,
+                              int32_t* const* colsum, float* inv_scale) {
+  const int g = panel16 / 4, panel = panel16 % 4, j0 = panel16 * 16;
+  const int cols = std::clamp(n - j0, 0, 16);
+  const __mmask16 mask = static_cast<__mmask16>((1u << cols) - 1);
+  // max |dc| per column, and which columns hold a NaN or an infinity.
+  __m512 vmax = _mm512_setzero_ps();
+  __mmask16 bad = 0;
+  for (int64_t v = 0; v < m && cols > 0; ++v) {
+    const __m512 x = _mm512_maskz_loadu_ps(mask, dc + v * n + j0);
+    // x - x is NaN exactly where x is NaN or infinite.
+    bad |= _mm512_cmp_ps_mask(_mm512_sub_ps(x, x), _mm512_setzero_ps(),
+                              _CMP_NEQ_UQ);
+    vmax = _mm512_max_ps(vmax, _mm512_abs_ps(x));
+  }
+  const __mmask16 zero = _mm512_cmp_ps_mask(vmax, _mm512_setzero_ps(),
+                                            _CMP_EQ_OQ);
+  __m512 s = _mm512_div_ps(_mm512_set1_ps(kQMax), vmax);
+  s = _mm512_mask_mov_ps(s, static_cast<__mmask16>(zero | bad),
+                         _mm512_setzero_ps());
+  _mm512_storeu_ps(inv_scale + j0,
+                   _mm512_mask_mov_ps(s, bad, _mm512_set1_ps(NAN)));
+  const __m512i off = _mm512_set1_epi32(kOff), byte = _mm512_set1_epi32(255);
+  const __m512i lo = _mm512_setzero_si512(),
+                hi = _mm512_set1_epi32((1 << 24) - 1);
+  __m512i sum[kDigits] = {_mm512_setzero_si512(), _mm512_setzero_si512(),
+                          _mm512_setzero_si512()};
+  const int64_t base = (static_cast<int64_t>(g) * kq * 4 + panel) * 64;
+  for (int64_t q = 0; q < kq; ++q) {
+    __m512i word[kDigits] = {_mm512_setzero_si512(), _mm512_setzero_si512(),
+                             _mm512_setzero_si512()};
+    for (int r = 0; r < 4; ++r) {
+      const int64_t v = 4 * q + r;
+      if (v >= m) break;
+      const __m512 x = _mm512_maskz_loadu_ps(mask, dc + v * n + j0);
+      const __m512i qi = _mm512_min_epi32(
+          _mm512_max_epi32(
+              _mm512_add_epi32(
+                  _mm512_cvt_roundps_epi32(
+                      _mm512_mul_ps(x, s),
+                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                  off),
+              lo),
+          hi);
+      for (int p = 0; p < kDigits; ++p) {
+        const __m512i e = _mm512_and_si512(_mm512_srli_epi32(qi, 8 * p), byte);
+        sum[p] = _mm512_add_epi32(sum[p], e);
+        word[p] = _mm512_or_si512(word[p], _mm512_slli_epi32(e, 8 * r));
+      }
+    }
+    for (int p = 0; p < kDigits; ++p)
+      _mm512_storeu_si512(data[p] + base + q * 256, word[p]);
+  }
+  for (int p = 0; p < kDigits; ++p)
+    _mm512_storeu_si512(colsum[p] + j0, sum[p]);
+}
+
+PackedDigits PackDigits(ffi::ThreadPool& pool, const float* dc, int64_t m,
+                        int n, int64_t mp) {
+  thread_local std::vector<uint8_t> data_buf;
+  thread_local std::vector<int32_t> sum_buf;
+  thread_local std::vector<float> scale_buf;
+  PackedDigits p;
+  const int64_t kq = mp / 4;
+  const int groups = (n + kGroup - 1) / kGroup, np = groups * kGroup;
+  const size_t bytes = static_cast<size_t>(np) * mp;
+  uint8_t* data = Buffer(&data_buf, kDigits * bytes);
+  int32_t* sums = Buffer(&sum_buf, static_cast<size_t>(kDigits) * np);
+  float* inv_scale = Buffer(&scale_buf, static_cast<size_t>(np));
+  uint8_t* datas[kDigits];
+  int32_t* colsums[kDigits];
+  for (int d = 0; d < kDigits; ++d) {
+    datas[d] = data + d * bytes;
+    colsums[d] = sums + d * np;
+    p.digit[d] = PackedV{datas[d], colsums[d], kq, groups};
+  }
+  ParallelFor(pool, np / 16, [&](int panel16) {
+    PackDigitPanel(dc, m, n, kq, panel16, datas, colsums, inv_scale);
+  });
+  p.inv_scale = inv_scale;
+  return p;
+}
+
+// dx^T (d, n) = u^T dc / (255 d), from at = (u - 128)^T (dp, mp) int8 and
+// usum[k] = sum_v u[v, k]: per digit, the exact (u - 128)^T e_p in int32,
+// then in double (exact: every term below 2^53)
+//   u^T q = sum_p 256^p ((u - 128)^T e_p + 128 sum_v e_p) - kOff usum,
+// times 1 / (s_b 255 d), rounded once to float32.
+ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> at,
+                        ffi::Buffer<ffi::S32> usum, ffi::Buffer<ffi::F32> dc,
+                        ffi::ResultBuffer<ffi::F32> dxt) {
+  auto ad = at.dimensions();
+  auto cd = dc.dimensions();
+  auto xd = dxt->dimensions();
+  if (ad.size() != 2 || cd.size() != 2 || xd.size() != 2 ||
+      usum.element_count() != xd[0] || ad[0] % kMr || ad[1] % 4 ||
+      ad[0] < xd[0] || ad[0] >= xd[0] + kMr || ad[1] < cd[0] ||
+      ad[1] >= cd[0] + 4 || xd[1] != cd[1] || cd[0] > kMaxDepth)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "gram_vnni_bwd: want at (dp, mp) int8, usum (d,), dc "
+                      "(m, n), dxt (d, n); dp = d rounded up to a multiple "
+                      "of 6, mp = m rounded up to a multiple of 4, "
+                      "m <= 32768");
+  const int64_t m = cd[0], d = xd[0], mp = ad[1];
+  const int n = static_cast<int>(cd[1]);
+  float* out = dxt->typed_data();
+  if (d == 0 || n == 0) return ffi::Error::Success();
+  if (m == 0) {
+    std::memset(out, 0, sizeof(float) * d * n);
+    return ffi::Error::Success();
+  }
+  const PackedDigits e = PackDigits(pool, dc.typed_data(), m, n, mp);
+  const int groups = e.digit[0].groups;
+  // Per column: 1 / (s_b 255 d), 0 for a zero column, NaN if not finite.
+  std::vector<double> scale(static_cast<size_t>(groups) * kGroup);
+  for (size_t j = 0; j < scale.size(); ++j) {
+    const float s = e.inv_scale[j];
+    scale[j] = s > 0 ? 1.0 / (static_cast<double>(s) * 255.0 *
+                              static_cast<double>(d))
+                     : (std::isnan(s) ? NAN : 0.0);
+  }
+  const int8_t* ap = at.typed_data();
+  const int32_t* us = usum.typed_data();
+  const int tasks = static_cast<int>((d + kRowsPerTask - 1) / kRowsPerTask);
+  ParallelFor(pool, tasks, [&](int task) {
+    const int64_t r0 = static_cast<int64_t>(task) * kRowsPerTask;
+    const int64_t r1 = std::min<int64_t>(d, r0 + kRowsPerTask);
+    alignas(64) int32_t acc[kDigits][kMr * kGroup];
+    for (int g = 0; g < groups; ++g) {
+      const int j0 = g * kGroup, cols = std::min(kGroup, n - j0);
+      for (int64_t r = r0; r < r1; r += kMr) {
+        for (int p = 0; p < kDigits; ++p)
+          MicroAcc(ap + r * mp, mp, Panel(e.digit[p], g), e.digit[p].kq,
+                   acc[p]);
+        for (int64_t i = 0; i < std::min<int64_t>(kMr, d - r); ++i) {
+          const double uoff = static_cast<double>(kOff) * us[r + i];
+          float* dst = out + (r + i) * n + j0;
+          for (int j = 0; j < cols; ++j) {
+            double t = -uoff;
+            double w = 1.0;
+            for (int p = 0; p < kDigits; ++p, w *= 256.0)
+              t += w * (acc[p][i * kGroup + j] +
+                        128.0 * e.digit[p].colsum[j0 + j]);
+            dst[j] = static_cast<float>(t * scale[j0 + j]);
+          }
+        }
+      }
+    }
   });
   return ffi::Error::Success();
 }
@@ -257,9 +406,40 @@ extern "C" int NtgaVnniReady() {
 // The micro-kernel's rows: `_gram.prepare` pads a's rows to a multiple.
 extern "C" int NtgaVnniMr() { return kMr; }
 
+// The backward's signed operand from the 8-bit pixels u (m, d): at[k][v] =
+// u[v][k] - 128 for k < d, v < m, zero elsewhere up to (dp, mp) (d rounded
+// up to a multiple of kMr, m to a multiple of 4), and usum[k] = sum_v
+// u[v][k]. Plain C (ctypes), once per validation set, in 64 x 64 blocks.
+extern "C" void NtgaVnniTransposeU8(const uint8_t* u, int64_t m, int64_t d,
+                                    int8_t* at, int32_t* usum) {
+  const int64_t dp = (d + kMr - 1) / kMr * kMr, mp = (m + 3) / 4 * 4;
+  std::memset(at, 0, static_cast<size_t>(dp) * mp);
+  std::memset(usum, 0, sizeof(int32_t) * d);
+  constexpr int64_t kB = 64;
+  for (int64_t v0 = 0; v0 < m; v0 += kB)
+    for (int64_t k0 = 0; k0 < d; k0 += kB)
+      for (int64_t k = k0; k < std::min(d, k0 + kB); ++k) {
+        int32_t sum = 0;
+        for (int64_t v = v0; v < std::min(m, v0 + kB); ++v) {
+          const uint8_t x = u[v * d + k];
+          at[k * mp + v] = static_cast<int8_t>(x ^ 0x80);
+          sum += x;
+        }
+        usum[k] += sum;
+      }
+}
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NtgaGramVnni, ForwardImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NtgaGramVnniBwd, BackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
