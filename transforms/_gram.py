@@ -262,10 +262,10 @@ def _vnni_gram_bwd(res, dc):
   op, x_val = res
   if op.at is None:
     return None, None, (dc / x_val.shape[-1]).T @ x_val
-  out = jax.ShapeDtypeStruct((op.d, dc.shape[1]), jnp.float32)
-  dxt = jax.ffi.ffi_call("ntga_gram_vnni_bwd", out, vmap_method="sequential")(
+  out = jax.ShapeDtypeStruct((dc.shape[1], op.d), jnp.float32)
+  dx = jax.ffi.ffi_call("ntga_gram_vnni_bwd", out, vmap_method="sequential")(
       op.at, op.usum, dc.astype(jnp.float32))
-  return None, None, dxt.T
+  return None, None, dx
 
 
 _vnni_gram.defvjp(_vnni_gram_fwd, _vnni_gram_bwd)
