@@ -75,6 +75,26 @@ def test_native_equals_pure_jax(shape, depth, strides, filter_shape):
   np.testing.assert_array_equal(ks, ks.T)
 
 
+def test_gradient_tiles_in_pairs_and_alone():
+  """The x2 gradient contracts two x1 tiles per sweep (5 x 5, stride 2):
+  40 x1 images are a pair of tiles and a last one alone; the cotangents
+  leave, per x2 image, tile 0 all zero (the pair's second tile alone),
+  tile 1 all zero (its first alone), every tile zero, none zero."""
+  spec = _cnn_ntk.CNNSpec(image_shape=(28, 28, 1), depth=2, strides=2,
+                          filter_shape=(5, 5))
+  x1, x2 = _images((28, 28, 1), 40, 3), _images((28, 28, 1), 4, 4)
+  g = np.random.default_rng(5).normal(size=(40, 4)).astype(np.float32)
+  g[:16, 0] = 0
+  g[16:32, 1] = 0
+  g[:, 2] = 0
+  grad = lambda impl: np.asarray(jax.jit(jax.grad(
+      lambda b: jnp.sum(_cnn_ntk.ntk_fn(spec, impl=impl)(x1, b) * g)))(x2))
+  native, ref = grad("native"), grad("jax")
+  assert np.all(native[2] == 0)
+  for j in (0, 1, 3):
+    assert _rel(native[j], ref[j]) < 2e-6, j
+
+
 def test_kernel_fn_default_is_native_on_cpu_and_nt_agrees():
   assert kernels.cnn_native_available()
   shape = (28, 28, 1)
