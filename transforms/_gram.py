@@ -61,7 +61,8 @@ BACKENDS = ("amx", "vnni")
 # rounding only (~1e-5 levels after 10 steps); any real off-grid value
 # (a random start, eps not a multiple of 1/255) is far beyond it.
 _GRID_TOL = 1e-3
-# The VNNI kernel's int32 sums hold 255^2 d for d up to this.
+# The VNNI kernels' int32 sums hold 255^2 d (forward) and 255^2 m
+# (backward, per digit) for d and m up to this.
 _VNNI_MAX_DEPTH = 32768
 
 
@@ -91,7 +92,7 @@ class VnniOperand:
 
   a: u - 128 as int8, `(mp, kp)`: rows zero-padded to a multiple of the
     micro-kernel's rows (6), columns to a multiple of 4 (the forward's).
-  at: (u - 128)^T as int8, `(dp, mq)`: d padded to a multiple of 6, m to a
+  at: (u - 128)^T as int8, `(dp, mp)`: d padded to a multiple of 6, m to a
     multiple of 4 (the backward's); None where m > 32,768 (the backward
     then runs the float32 matmul).
   usum: `(d,)` int32, the column sums of u (the backward's).
