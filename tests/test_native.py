@@ -95,6 +95,28 @@ def test_gradient_tiles_in_pairs_and_alone():
     assert _rel(native[j], ref[j]) < 2e-6, j
 
 
+def test_gradient_groups_of_tiles_and_images():
+  """The x2 gradient runs (tile, image) pairs in groups of up to two tiles
+  and two x2 images (5 x 5, stride 2): 27 x2 images make blocks of 3 (a
+  pair and a lone image), 40 x1 images a pair of tiles and a lone one; some
+  pairs have all-zero cotangents. RGB, so channels are summed too."""
+  spec = _cnn_ntk.CNNSpec(image_shape=(12, 12, 3), depth=2, strides=2,
+                          filter_shape=(5, 5))
+  x1, x2 = _images((12, 12, 3), 40, 6), _images((12, 12, 3), 27, 7)
+  g = np.random.default_rng(8).normal(size=(40, 27)).astype(np.float32)
+  g[:16, 0] = 0
+  g[16:32, 4] = 0
+  g[:, 5] = 0
+  g[32:, 7] = 0
+  grad = lambda impl: np.asarray(jax.jit(jax.grad(
+      lambda b: jnp.sum(_cnn_ntk.ntk_fn(spec, impl=impl)(x1, b) * g)))(x2))
+  native, ref = grad("native"), grad("jax")
+  assert np.all(native[5] == 0)
+  for j in range(27):
+    if j != 5:
+      assert _rel(native[j], ref[j]) < 2e-6, j
+
+
 def test_kernel_fn_default_is_native_on_cpu_and_nt_agrees():
   assert kernels.cnn_native_available()
   shape = (28, 28, 1)

@@ -20,10 +20,11 @@
 //   transposed window sums (gathered: each entry written once) to the first
 //   layer's image pixels, where it is contracted with x1 as it is formed,
 //   and summed over the lanes once per x2 image.
-// * With 5 x 5 windows at stride 2, the gradient takes two x1 tiles per x2
-//   image down to the first layer, then contracts both in one sweep over
-//   that image's accumulator (`ContractLayer1Pair`): 8-10% off the backward
-//   call on the 2-core Zen 4 (A/B, MNIST and CIFAR-10 shapes).
+// * With 5 x 5 windows at stride 2, the gradient takes two x1 tiles and two
+//   x2 images down to the first layer, then contracts the four pairs in one
+//   sweep over both images' accumulators (`ContractGroup`), and the first
+//   layer's forward keeps up to four (tile, image) pairs in registers
+//   (`Layer1RowGroup`).
 //
 // Per-image quantities (the self-variances v of each conv layer) are
 // inputs: they are computed, and differentiated, in JAX.
@@ -367,12 +368,14 @@ struct X2Image {
 
 // The Run functions give each thread blocks of up to kX2Block x2 images and
 // loop over the x1 tiles outside the block's images: a tile's packed x1
-// (60 KiB for MNIST) then comes from memory once per block and from L2 for
-// the other images, instead of once per (image, tile) pair (measured: 8
-// images, -25% time on MNIST; 16 no better). The first layer runs for the
+// (60 KiB for MNIST, 248 KiB for CIFAR-10) then comes from memory once per
+// block and from L2 for the other images, instead of once per (image, tile)
+// pair (measured: 8 images, -25% time on MNIST; 16 against 8, with the
+// validation chunk of 2,000 whose packed tiles (31 MB for CIFAR-10) stream
+// from memory: forward -15% on CIFAR-10, MNIST unchanged). The first layer runs for the
 // block's images together, row by row (Layer1Block): each x1 row is then
 // read from L1.
-constexpr int kX2Block = 8;
+constexpr int kX2Block = 16;
 
 // Per-thread arrays for one (x2 image, x1 tile) pair. Layer l's arrays have
 // hl[l] * wl[l] positions of kLanes floats.
@@ -498,65 +501,132 @@ void Layer1(const Geometry& g, Scratch& sc, const float* x1t,
   }
 }
 
-// The first layer for the block's nb x2 images: q_1 of image b into
-// sc.q0[b]. With 5 x 5 filters at stride 2 (KW = 5, SS = 2), row by row of
-// the padded map, for all images in turn (the x1 row stays in L1): each
-// row's window sums (Box5S2 over the pixel products, summed over channels)
-// are combined at once with the rows before them, the column windows as
-// pair sums too: output row m - 2 = PR(m-2) + PR(m-1) + row 2m, with
-// PR(k) = row 2k + row 2k+1. Per image only three rows are kept (PR(m-2),
-// PR(m-1), the last even row). Else one image at a time (Layer1).
-template <int KW, int CC, int SS>
-void Layer1Block(const Geometry& g, Scratch& sc, const float* x1t,
-                 const std::vector<X2Image>& x2, int nb) {
+// N maps carried together in registers (Box5S2 over several (tile, image)
+// pairs of the first layer at once).
+template <int N>
+struct VecN {
+  Vec v[N];
+};
+template <int N>
+inline VecN<N> operator+(const VecN<N>& x, const VecN<N>& y) {
+  VecN<N> z;
+  for (int k = 0; k < N; ++k) z.v[k] = x.v[k] + y.v[k];
+  return z;
+}
+
+// One padded row hp of the first layer (5 x 5 windows at stride 2) for NT
+// tiles (scratches sc[0..NT), packed rows x1r[0..NT)) and NG x2 images
+// b0..b0+NG: the NT x NG pixel-product rows are summed over channels and
+// windowed together, so each x1 vector loaded serves NG images and each
+// x2 pixel NT tiles. The row's window sums are combined with the rows
+// before them as in Layer1Block.
+template <int CC, int NT, int NG>
+inline void Layer1RowGroup(const Geometry& g, Scratch* const* sc,
+                           const float* const* x1r,
+                           const std::vector<X2Image>& x2, int b0, int hp,
+                           bool image_row, int ia, int ib) {
+  constexpr int N = NT * NG;
+  const int C = CC > 0 ? CC : g.C;
   const int W1 = g.wl[0], H1 = g.hl[0];
   const int P0 = H1 * W1 * kLanes, R = W1 * kLanes;
-  if (!(KW == 5 && SS == 2)) {
-    for (int b = 0; b < nb; ++b)
-      Layer1<KW, CC>(g, sc, x1t, x2[b], sc.q0.data() + b * P0);
-    return;
-  }
-  const int C = CC > 0 ? CC : g.C;
   const float c1 = g.a / (25 * C);
-  int ia = 0, ib = 1;  // which of an image's first two rows hold PR(m-2), PR(m-1)
-  for (int hp = 0; hp <= 2 * H1 + 2; ++hp) {
-    const bool image_row = hp >= g.lo_h && hp < g.lo_h + g.H;
-    const int m = hp >> 1;
-    const float* x1r = x1t + hp * g.Wp * C * kLanes;
-    for (int b = 0; b < nb; ++b) {
-      float* s3 = sc.l1state.data() + b * 3 * R;
-      float* pa = s3 + ia * R;
-      const float* pb = s3 + ib * R;
-      float* e = s3 + 2 * R;
-      float* q = sc.q0.data() + b * P0 + std::max(m - 2, 0) * R;
-      const float* x2r = x2[b].xp.data() + hp * g.Wp * C;
-      auto prod = [&](int wp) {
-        Vec v = x2r[wp * C] * Load(x1r + wp * C * kLanes);
-        for (int c = 1; c < C; ++c)
-          v += x2r[wp * C + c] * Load(x1r + (wp * C + c) * kLanes);
-        return v;
-      };
-      auto put_even = [&](int pw, Vec v) {
-        const int o = pw * kLanes;
-        if (m >= 2)
-          Store(q + o, c1 * (Load(pa + o) + Load(pb + o) + v) + g.b);
-        Store(e + o, v);
-      };
-      // PR(m) goes where PR(m-2) was (no longer needed).
-      auto put_odd = [&](int pw, Vec v) {
-        const int o = pw * kLanes;
-        Store(pa + o, Load(e + o) + v);
-      };
-      if (image_row) {
-        if (hp % 2 == 0) Box5S2<Vec>(W1, prod, put_even);
-        else Box5S2<Vec>(W1, prod, put_odd);
-      } else {
-        for (int pw = 0; pw < W1; ++pw) {
-          if (hp % 2 == 0) put_even(pw, Vec{});
-          else put_odd(pw, Vec{});
+  const int m = hp >> 1;
+  const float* x2r[NG];
+  for (int i = 0; i < NG; ++i) x2r[i] = x2[b0 + i].xp.data() + hp * g.Wp * C;
+  // Pair k = tile k / NG, image b0 + k % NG.
+  float* pa[N];
+  const float* pb[N];
+  float* e[N];
+  float* q[N];
+  for (int k = 0; k < N; ++k) {
+    Scratch& s = *sc[k / NG];
+    const int b = b0 + k % NG;
+    float* s3 = s.l1state.data() + b * 3 * R;
+    pa[k] = s3 + ia * R;
+    pb[k] = s3 + ib * R;
+    e[k] = s3 + 2 * R;
+    q[k] = s.q0.data() + b * P0 + std::max(m - 2, 0) * R;
+  }
+  auto prod = [&](int wp) {
+    VecN<N> v;
+    for (int c = 0; c < C; ++c) {
+      for (int t = 0; t < NT; ++t) {
+        const Vec x = Load(x1r[t] + (wp * C + c) * kLanes);
+        for (int i = 0; i < NG; ++i) {
+          const float y = x2r[i][wp * C + c];
+          if (c == 0) v.v[t * NG + i] = y * x;
+          else v.v[t * NG + i] += y * x;
         }
       }
     }
+    return v;
+  };
+  auto put_even = [&](int pw, const VecN<N>& v) {
+    const int o = pw * kLanes;
+    for (int k = 0; k < N; ++k) {
+      if (m >= 2)
+        Store(q[k] + o, c1 * (Load(pa[k] + o) + Load(pb[k] + o) + v.v[k]) +
+                            g.b);
+      Store(e[k] + o, v.v[k]);
+    }
+  };
+  // PR(m) goes where PR(m-2) was (no longer needed).
+  auto put_odd = [&](int pw, const VecN<N>& v) {
+    const int o = pw * kLanes;
+    for (int k = 0; k < N; ++k) Store(pa[k] + o, Load(e[k] + o) + v.v[k]);
+  };
+  if (image_row) {
+    if (hp % 2 == 0) Box5S2<VecN<N>>(W1, prod, put_even);
+    else Box5S2<VecN<N>>(W1, prod, put_odd);
+  } else {
+    const VecN<N> zero{};
+    for (int pw = 0; pw < W1; ++pw) {
+      if (hp % 2 == 0) put_even(pw, zero);
+      else put_odd(pw, zero);
+    }
+  }
+}
+
+// The first layer for the block's nb x2 images and NT x1 tiles (scratch
+// sc[t], packed tile x1t[t]): q_1 of image b into sc[t]->q0[b]. With 5 x 5
+// filters at stride 2 (KW = 5, SS = 2), row by row of the padded map (the
+// x1 rows stay in L1), for groups of images in turn (Layer1RowGroup: up to
+// 4 (tile, image) pairs in registers): each row's window sums (Box5S2
+// over the pixel products, summed over channels) are combined at once with
+// the rows before them, the column windows as pair sums too: output row
+// m - 2 = PR(m-2) + PR(m-1) + row 2m, with PR(k) = row 2k + row 2k+1. Per
+// image only three rows are kept (PR(m-2), PR(m-1), the last even row).
+// Else one image at a time (Layer1).
+template <int KW, int CC, int SS, int NT>
+void Layer1Block(const Geometry& g, Scratch* const* sc,
+                 const float* const* x1t, const std::vector<X2Image>& x2,
+                 int nb) {
+  const int W1 = g.wl[0], H1 = g.hl[0];
+  const int P0 = H1 * W1 * kLanes;
+  if (!(KW == 5 && SS == 2)) {
+    for (int t = 0; t < NT; ++t)
+      for (int b = 0; b < nb; ++b)
+        Layer1<KW, CC>(g, *sc[t], x1t[t], x2[b], sc[t]->q0.data() + b * P0);
+    return;
+  }
+  const int C = CC > 0 ? CC : g.C;
+  // Images per group: up to kPairs (tile, image) pairs in registers.
+  constexpr int kPairs = CC == 1 ? 2 : 4;
+  constexpr int kG = kPairs / NT > 0 ? kPairs / NT : 1;
+  int ia = 0, ib = 1;  // which of an image's first two rows hold PR(m-2), PR(m-1)
+  for (int hp = 0; hp <= 2 * H1 + 2; ++hp) {
+    const bool image_row = hp >= g.lo_h && hp < g.lo_h + g.H;
+    const float* x1r[NT];
+    for (int t = 0; t < NT; ++t) x1r[t] = x1t[t] + hp * g.Wp * C * kLanes;
+    int b = 0;
+    for (; b + kG <= nb; b += kG)
+      Layer1RowGroup<CC, NT, kG>(g, sc, x1r, x2, b, hp, image_row, ia, ib);
+    if (kG > 2 && b + 2 <= nb) {
+      Layer1RowGroup<CC, NT, 2>(g, sc, x1r, x2, b, hp, image_row, ia, ib);
+      b += 2;
+    }
+    for (; b < nb; ++b)
+      Layer1RowGroup<CC, NT, 1>(g, sc, x1r, x2, b, hp, image_row, ia, ib);
     if (hp % 2 == 1) std::swap(ia, ib);
   }
 }
@@ -851,48 +921,58 @@ void ContractLayer1(const Geometry& g, Scratch& sc, const float* gn,
   }
 }
 
-// The contraction of two tiles (sa's cotangent gna with x1a, sb's gnb with
-// x1b) in one sweep over acc, for 5 x 5 windows at stride 2: each acc entry
-// is read and written once per two tiles. (acc is (H, W, C, lanes) per x2
-// image, 196 KB for CIFAR-10: per pair its sweep moved more bytes through
-// L2 than the pair's arithmetic could hide.)
-template <int CC>
-void ContractLayer1Pair(const Geometry& g, Scratch& sa, const float* gna,
-                        const float* x1a, Scratch& sb, const float* gnb,
-                        const float* x1b, float* acc) {
-  const int W1 = g.wl[0];
+// The first layer's contraction for NT tiles and NB x2 images at once, for
+// 5 x 5 windows at stride 2: acc[b] (H, W, C, lanes) += sum over tiles t of
+// the x1 pixels of tile x1[t] times the cotangent gn[t * NB + b] of q_1
+// (from `BackwardToLayer1`), through the window transposes. Per image row,
+// each (tile, image) pair's row-transposed cotangents go into g1 (NT * NB
+// rows of W1 x lanes, L1-sized), then the column transposes of all pairs
+// run together (Box5S2T over VecN), so each x1 vector loaded serves NB
+// images and each acc entry is read and written once per NT tiles. (acc is
+// 196 KB per x2 image for CIFAR-10: swept once per tile, it moved more
+// bytes through L2 than the arithmetic could hide.)
+template <int CC, int NT, int NB>
+void ContractGroup(const Geometry& g, const float* const* gn,
+                   const float* const* x1, float* const* acc, float* g1) {
+  constexpr int N = NT * NB;
+  const int W1 = g.wl[0], R = W1 * kLanes;
   const int C = CC > 0 ? CC : g.C;
-  float* g1a = sa.rn.data();  // (H, W1, lanes) each
-  float* g1b = sb.rn.data();
-  for (int pw = 0; pw < W1; ++pw)
-    Box5S2T<Vec2>(
-        g.H, g.hl[0], g.lo_h,
-        [&](int ph) {
-          const int e = (ph * W1 + pw) * kLanes;
-          return Vec2{Load(gna + e), Load(gnb + e)};
-        },
-        [&](int h, Vec2 v) {
-          const int e = (h * W1 + pw) * kLanes;
-          Store(g1a + e, v.a);
-          Store(g1b + e, v.b);
-        });
+  const int* th_lo = g.th_lo[0].data();
+  const int* th_hi = g.th_hi[0].data();
   for (int h = 0; h < g.H; ++h) {
-    const int row = h * W1 * kLanes;
-    const size_t xoff = static_cast<size_t>(h + g.lo_h) * g.Wp * C * kLanes;
-    float* ar = acc + h * g.W * C * kLanes;
-    Box5S2T<Vec2>(
+    const int hp = h + g.lo_h;
+    const int p_lo = th_lo[hp], p_hi = th_hi[hp];
+    for (int k = 0; k < N; ++k) {
+      float* gr = g1 + k * R;
+      for (int pw = 0; pw < W1; ++pw) {
+        Vec a{};
+        for (int ph = p_lo; ph <= p_hi; ++ph)
+          a += Load(gn[k] + (ph * W1 + pw) * kLanes);
+        Store(gr + pw * kLanes, a);
+      }
+    }
+    const size_t xoff = static_cast<size_t>(hp) * g.Wp * C * kLanes;
+    const size_t aoff = static_cast<size_t>(h) * g.W * C * kLanes;
+    Box5S2T<VecN<N>>(
         g.W, W1, g.lo_w,
         [&](int pw) {
-          return Vec2{Load(g1a + row + pw * kLanes),
-                      Load(g1b + row + pw * kLanes)};
+          VecN<N> v;
+          for (int k = 0; k < N; ++k) v.v[k] = Load(g1 + k * R + pw * kLanes);
+          return v;
         },
-        [&](int w, Vec2 gm) {
+        [&](int w, const VecN<N>& gm) {
           const size_t xo = xoff + static_cast<size_t>(w + g.lo_w) * C * kLanes;
-          float* a = ar + w * C * kLanes;
-          for (int ch = 0; ch < C; ++ch)
-            Store(a + ch * kLanes,
-                  Load(a + ch * kLanes) + gm.a * Load(x1a + xo + ch * kLanes) +
-                      gm.b * Load(x1b + xo + ch * kLanes));
+          const size_t ao = aoff + static_cast<size_t>(w) * C * kLanes;
+          for (int ch = 0; ch < C; ++ch) {
+            Vec xt[NT];
+            for (int t = 0; t < NT; ++t) xt[t] = Load(x1[t] + xo + ch * kLanes);
+            for (int b = 0; b < NB; ++b) {
+              float* a = acc[b] + ao + ch * kLanes;
+              Vec s = Load(a);
+              for (int t = 0; t < NT; ++t) s += gm.v[t * NB + b] * xt[t];
+              Store(a, s);
+            }
+          }
         });
   }
 }
@@ -1026,10 +1106,12 @@ ffi::Error KernelImpl(ffi::Buffer<ffi::F32> x1, ffi::Buffer<ffi::F32> x2,
 }
 
 // Small n2 get smaller blocks of x2 images (kX2Block), so that every thread
-// still has several. The gradient's per-image accumulators (an image's pixels x lanes: 50 KiB
-// for MNIST, 192 KiB for CIFAR-10) of a block share L2 with the x1 tiles;
-// blocks are made smaller where they would pass kGradAccBytes.
-constexpr int kGradAccBytes = 512 * 1024;
+// still has several. The gradient's per-image accumulators (an image's
+// pixels x lanes: 50 KiB for MNIST, 192 KiB for CIFAR-10) are capped at
+// kGradAccBytes per block (10 CIFAR-10 images: each x1 tile read from
+// memory once per 10 x2 images, not 2 as with a 512 KiB cap: gradient call
+// -20% at the validation chunk of 2,000).
+constexpr int kGradAccBytes = 2048 * 1024;
 
 int X2BlockSize(int n2, int acc_bytes_per_image = 0) {
   int bs = std::min(kX2Block, n2 / (4 * omp_get_max_threads()));
@@ -1059,10 +1141,10 @@ void RunKernel(const Geometry& g, const PackedX1& p, const Sizes& sz,
                   v2d + static_cast<size_t>(j0 + b) * g.S);
       for (int t = 0; t < p.tiles; ++t) {
         const size_t p0 = static_cast<size_t>(g.hl[0]) * g.wl[0] * kLanes;
-        Layer1Block<KW, CC, SS>(
-            g, sc,
-            p.x.data() + static_cast<size_t>(t) * g.Hp * g.Wp * g.C * kLanes,
-            x2, nb);
+        Scratch* scs[1] = {&sc};
+        const float* xs[1] = {
+            p.x.data() + static_cast<size_t>(t) * g.Hp * g.Wp * g.C * kLanes};
+        Layer1Block<KW, CC, SS, 1>(g, scs, xs, x2, nb);
         for (int b = 0; b < nb; ++b) {
           const int j = j0 + b;
           sc.qp[0] = sc.q0.data() + b * p0;
@@ -1111,8 +1193,8 @@ void RunGrad(const Geometry& g, const PackedX1& p, const Sizes& sz,
   const int acc_size = img * kLanes, accv_size = g.S * kLanes;
   const int bs = X2BlockSize(sz.n2, acc_size * 4);
   const int blocks = (sz.n2 + bs - 1) / bs;
-  // 5 x 5 windows at stride 2: two tiles per sweep over acc (see
-  // `ContractLayer1Pair`); other architectures one.
+  // 5 x 5 windows at stride 2: two tiles and two x2 images per sweep over
+  // acc (see `ContractGroup`); other architectures one of each.
   constexpr bool kPair = KW == 5 && SS == 2;
   const size_t tile_x = static_cast<size_t>(g.Hp) * g.Wp * g.C * kLanes;
   const size_t tile_v = static_cast<size_t>(g.S) * kLanes;
@@ -1122,7 +1204,9 @@ void RunGrad(const Geometry& g, const PackedX1& p, const Sizes& sz,
     Scratch sa(g), sb(g);
     std::vector<X2Image> x2(bs, X2Image(g));
     Floats acc(bs * acc_size), accv(bs * accv_size);
-    alignas(64) float gka[kLanes], gkb[kLanes];
+    // (tile, image) cotangents of q_1 for ContractGroup, and its rows.
+    Floats gbuf(kPair ? 4 * p0 : 0), g1buf(kPair ? 4 * g.wl[0] * kLanes : 0);
+    alignas(64) float gka[kLanes];
     // Tile t's K cotangents for x2 image j into gk; false if all zero.
     auto cotangents = [&](int t, int j, float* gk) {
       bool any = false;
@@ -1146,31 +1230,62 @@ void RunGrad(const Geometry& g, const PackedX1& p, const Sizes& sz,
         const bool two = kPair && t + 1 < p.tiles;
         const float* xa = p.x.data() + t * tile_x;
         const float* xb = xa + tile_x;
-        Layer1Block<KW, CC, SS>(g, sa, xa, x2, nb);
-        if (two) Layer1Block<KW, CC, SS>(g, sb, xb, x2, nb);
-        for (int b = 0; b < nb; ++b) {
-          const int j = j0 + b;
-          float* accb = acc.data() + b * acc_size;
-          float* accvb = accv.data() + b * accv_size;
-          sa.qp[0] = sa.q0.data() + b * p0;
-          sb.qp[0] = sb.q0.data() + b * p0;
-          const bool any_a = cotangents(t, j, gka);
-          const bool any_b = two && cotangents(t + 1, j, gkb);
-          auto top = [&](Scratch& sc, int tt, const float* x, const float* gk) {
-            return BackwardToLayer1<KW, CC, SS>(
-                g, sc, x, p.v.data() + tt * tile_v, p.is.data() + tt * tile_v,
-                x2[b], OffDiag(symmetric, tt, j), gk, accvb);
-          };
-          if (any_a && any_b) {
-            const float* gna = top(sa, t, xa, gka);
-            const float* gnb = top(sb, t + 1, xb, gkb);
-            ContractLayer1Pair<CC>(g, sa, gna, xa, sb, gnb, xb, accb);
-          } else if (any_a) {
-            ContractLayer1<KW, CC, SS>(g, sa, top(sa, t, xa, gka), xa, accb);
-          } else if (any_b) {
-            ContractLayer1<KW, CC, SS>(g, sb, top(sb, t + 1, xb, gkb), xb,
-                                       accb);
+        Scratch* scs[2] = {&sa, &sb};
+        const float* xs[2] = {xa, xb};
+        if (two) Layer1Block<KW, CC, SS, 2>(g, scs, xs, x2, nb);
+        else Layer1Block<KW, CC, SS, 1>(g, scs, xs, x2, nb);
+        if (!kPair) {
+          for (int b = 0; b < nb; ++b) {
+            const int j = j0 + b;
+            sa.qp[0] = sa.q0.data() + b * p0;
+            if (!cotangents(t, j, gka)) continue;
+            const float* gna = BackwardToLayer1<KW, CC, SS>(
+                g, sa, xa, p.v.data() + t * tile_v, p.is.data() + t * tile_v,
+                x2[b], OffDiag(symmetric, t, j), gka,
+                accv.data() + b * accv_size);
+            ContractLayer1<KW, CC, SS>(g, sa, gna, xa,
+                                       acc.data() + b * acc_size);
           }
+          continue;
+        }
+        // Two images at a time: each (tile, image) pair down to the first
+        // layer, its cotangent kept in gbuf, then one ContractGroup.
+        const int nt = two ? 2 : 1;
+        for (int b0 = 0; b0 < nb; b0 += 2) {
+          const int nbb = std::min(2, nb - b0);
+          const float* gns[4];
+          bool any = false;
+          for (int i = 0; i < nbb; ++i) {
+            const int b = b0 + i, j = j0 + b;
+            for (int k = 0; k < nt; ++k) {
+              Scratch& sc = k == 0 ? sa : sb;
+              float* dst = gbuf.data() + (k * 2 + i) * p0;
+              gns[k * nbb + i] = dst;
+              sc.qp[0] = sc.q0.data() + b * p0;
+              if (!cotangents(t + k, j, gka)) {
+                std::fill(dst, dst + p0, 0.f);
+                continue;
+              }
+              const float* r = BackwardToLayer1<KW, CC, SS>(
+                  g, sc, xs[k], p.v.data() + (t + k) * tile_v,
+                  p.is.data() + (t + k) * tile_v, x2[b],
+                  OffDiag(symmetric, t + k, j), gka,
+                  accv.data() + b * accv_size);
+              std::copy(r, r + p0, dst);
+              any = true;
+            }
+          }
+          if (!any) continue;
+          float* accs[2] = {acc.data() + b0 * acc_size,
+                            acc.data() + (b0 + nbb - 1) * acc_size};
+          if (nt == 2 && nbb == 2)
+            ContractGroup<CC, 2, 2>(g, gns, xs, accs, g1buf.data());
+          else if (nt == 2)
+            ContractGroup<CC, 2, 1>(g, gns, xs, accs, g1buf.data());
+          else if (nbb == 2)
+            ContractGroup<CC, 1, 2>(g, gns, xs, accs, g1buf.data());
+          else
+            ContractGroup<CC, 1, 1>(g, gns, xs, accs, g1buf.data());
         }
       }
       for (int b = 0; b < nb; ++b) {
