@@ -921,43 +921,43 @@ void ContractLayer1(const Geometry& g, Scratch& sc, const float* gn,
   }
 }
 
+// The row-transposed windows (5 x 5, stride 2) of the first layer's q_1
+// cotangent gn (H1, W1, lanes) over the image rows: g1 (H, W1, lanes).
+inline void RowTranspose(const Geometry& g, const float* gn, float* g1) {
+  const int W1 = g.wl[0];
+  for (int pw = 0; pw < W1; ++pw)
+    Box5S2T<Vec>(
+        g.H, g.hl[0], g.lo_h,
+        [&](int ph) { return Load(gn + (ph * W1 + pw) * kLanes); },
+        [&](int h, Vec v) { Store(g1 + (h * W1 + pw) * kLanes, v); });
+}
+
 // The first layer's contraction for NT tiles and NB x2 images at once, for
 // 5 x 5 windows at stride 2: acc[b] (H, W, C, lanes) += sum over tiles t of
-// the x1 pixels of tile x1[t] times the cotangent gn[t * NB + b] of q_1
-// (from `BackwardToLayer1`), through the window transposes. Per image row,
-// each (tile, image) pair's row-transposed cotangents go into g1 (NT * NB
-// rows of W1 x lanes, L1-sized), then the column transposes of all pairs
-// run together (Box5S2T over VecN), so each x1 vector loaded serves NB
+// the x1 pixels of tile x1[t] times the cotangent of q_1
+// (from `BackwardToLayer1`), through the window transposes: g1[t * NB + b]
+// holds that pair's row-transposed cotangents (H, W1, lanes; RowTranspose),
+// and per image row the column transposes of all pairs run together
+// (Box5S2T over VecN), so each x1 vector loaded serves NB
 // images and each acc entry is read and written once per NT tiles. (acc is
 // 196 KB per x2 image for CIFAR-10: swept once per tile, it moved more
 // bytes through L2 than the arithmetic could hide.)
 template <int CC, int NT, int NB>
-void ContractGroup(const Geometry& g, const float* const* gn,
-                   const float* const* x1, float* const* acc, float* g1) {
+void ContractGroup(const Geometry& g, const float* const* g1,
+                   const float* const* x1, float* const* acc) {
   constexpr int N = NT * NB;
   const int W1 = g.wl[0], R = W1 * kLanes;
   const int C = CC > 0 ? CC : g.C;
-  const int* th_lo = g.th_lo[0].data();
-  const int* th_hi = g.th_hi[0].data();
   for (int h = 0; h < g.H; ++h) {
     const int hp = h + g.lo_h;
-    const int p_lo = th_lo[hp], p_hi = th_hi[hp];
-    for (int k = 0; k < N; ++k) {
-      float* gr = g1 + k * R;
-      for (int pw = 0; pw < W1; ++pw) {
-        Vec a{};
-        for (int ph = p_lo; ph <= p_hi; ++ph)
-          a += Load(gn[k] + (ph * W1 + pw) * kLanes);
-        Store(gr + pw * kLanes, a);
-      }
-    }
     const size_t xoff = static_cast<size_t>(hp) * g.Wp * C * kLanes;
     const size_t aoff = static_cast<size_t>(h) * g.W * C * kLanes;
     Box5S2T<VecN<N>>(
         g.W, W1, g.lo_w,
         [&](int pw) {
           VecN<N> v;
-          for (int k = 0; k < N; ++k) v.v[k] = Load(g1 + k * R + pw * kLanes);
+          for (int k = 0; k < N; ++k)
+            v.v[k] = Load(g1[k] + h * R + pw * kLanes);
           return v;
         },
         [&](int w, const VecN<N>& gm) {
@@ -1205,7 +1205,8 @@ void RunGrad(const Geometry& g, const PackedX1& p, const Sizes& sz,
     std::vector<X2Image> x2(bs, X2Image(g));
     Floats acc(bs * acc_size), accv(bs * accv_size);
     // (tile, image) cotangents of q_1 for ContractGroup, and its rows.
-    Floats gbuf(kPair ? 4 * p0 : 0), g1buf(kPair ? 4 * g.wl[0] * kLanes : 0);
+    const size_t g1_size = static_cast<size_t>(g.H) * g.wl[0] * kLanes;
+    Floats gbuf(kPair ? 4 * g1_size : 0);
     alignas(64) float gka[kLanes];
     // Tile t's K cotangents for x2 image j into gk; false if all zero.
     auto cotangents = [&](int t, int j, float* gk) {
@@ -1259,11 +1260,11 @@ void RunGrad(const Geometry& g, const PackedX1& p, const Sizes& sz,
             const int b = b0 + i, j = j0 + b;
             for (int k = 0; k < nt; ++k) {
               Scratch& sc = k == 0 ? sa : sb;
-              float* dst = gbuf.data() + (k * 2 + i) * p0;
+              float* dst = gbuf.data() + (k * 2 + i) * g1_size;
               gns[k * nbb + i] = dst;
               sc.qp[0] = sc.q0.data() + b * p0;
               if (!cotangents(t + k, j, gka)) {
-                std::fill(dst, dst + p0, 0.f);
+                std::fill(dst, dst + g1_size, 0.f);
                 continue;
               }
               const float* r = BackwardToLayer1<KW, CC, SS>(
@@ -1271,7 +1272,7 @@ void RunGrad(const Geometry& g, const PackedX1& p, const Sizes& sz,
                   p.is.data() + (t + k) * tile_v, x2[b],
                   OffDiag(symmetric, t + k, j), gka,
                   accv.data() + b * accv_size);
-              std::copy(r, r + p0, dst);
+              RowTranspose(g, r, dst);
               any = true;
             }
           }
@@ -1279,13 +1280,13 @@ void RunGrad(const Geometry& g, const PackedX1& p, const Sizes& sz,
           float* accs[2] = {acc.data() + b0 * acc_size,
                             acc.data() + (b0 + nbb - 1) * acc_size};
           if (nt == 2 && nbb == 2)
-            ContractGroup<CC, 2, 2>(g, gns, xs, accs, g1buf.data());
+            ContractGroup<CC, 2, 2>(g, gns, xs, accs);
           else if (nt == 2)
-            ContractGroup<CC, 2, 1>(g, gns, xs, accs, g1buf.data());
+            ContractGroup<CC, 2, 1>(g, gns, xs, accs);
           else if (nbb == 2)
-            ContractGroup<CC, 1, 2>(g, gns, xs, accs, g1buf.data());
+            ContractGroup<CC, 1, 2>(g, gns, xs, accs);
           else
-            ContractGroup<CC, 1, 1>(g, gns, xs, accs, g1buf.data());
+            ContractGroup<CC, 1, 1>(g, gns, xs, accs);
         }
       }
       for (int b = 0; b < nb; ++b) {
