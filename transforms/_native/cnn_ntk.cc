@@ -16,10 +16,17 @@
 //   block's images reuses each packed x1 tile from L2); each writes only its
 //   own rows of the outputs, so no reductions across threads.
 // * The backward pass recomputes the forward for a tile, keeps each ReLU
-//   layer's q, t, r, dot, 1/r, and propagates the cotangent back through
-//   transposed window sums (gathered: each entry written once) to the first
+//   layer's q, t, r, dot, 1/r (the last layer's backward runs inside its
+//   forward: its output cotangents are known), and propagates the
+//   cotangent back through transposed window sums (gathered: each entry
+//   written once, after the ReLU's backward at that position) to the first
 //   layer's image pixels, where it is contracted with x1 as it is formed,
 //   and summed over the lanes once per x2 image.
+// * On Zen 4 a 512-bit store costs about as much of the two FMA pipes as
+//   two FMAs (measured: 4 stores + 8 FMAs take 15 cycles, 8 FMAs alone 8),
+//   and the ReLU is bound by those pipes: intermediate maps are not stored
+//   where the next step can take them from registers (the last ReLU into
+//   Flatten's means, the ReLU backward into the window transposes).
 // * With 5 x 5 windows at stride 2, the gradient takes two x1 tiles and two
 //   x2 images down to the first layer, then contracts the four pairs in one
 //   sweep over both images' accumulators (`ContractGroup`), and the first
@@ -266,12 +273,6 @@ inline Vec ReluDot(Vec q, Vec aq, Vec r, Vec isp) {
 }
 #endif
 
-// Two maps carried together (the n and tt of a ReLU, or their cotangents).
-struct Vec2 {
-  Vec a, b;
-};
-inline Vec2 operator+(Vec2 x, Vec2 y) { return {x.a + y.a, x.b + y.b}; }
-
 // The 5-wide, stride-2 window sums of the common architecture (5 x 5
 // filters, stride 2), along one axis, with pair sums shared between
 // neighbouring windows: out[o] = sum_{d < 5} in[2 o + d] over a padded index
@@ -452,51 +453,127 @@ struct Scratch {
   }
 };
 
+// Two maps carried together (the n and tt of a ReLU, or their cotangents).
+struct Vec2 {
+  Vec a, b;
+};
+inline Vec2 operator+(Vec2 x, Vec2 y) { return {x.a + y.a, x.b + y.b}; }
+
 // Layer l's t: its own array, except layer 0, whose t equals its q.
 inline const float* TIn(const Scratch& sc, int l) {
   return l == 0 ? sc.qp[0] : sc.t[l].data();
 }
 
-// ReLU layer l, elementwise over positions x lanes: fills r, dot, inv_r (if
-// kKeep) and the outputs n = r / 2pi + dot q, tt = t dot.
-// kDiag: `offdiag` is 0 in the lanes where the pair is one image
-// (self-kernel diagonal: exactly aligned inputs, d = 0), else 1; without
-// kDiag it is all ones and not used.
+// The inputs of ReLU layer l that do not change with the position.
+struct ReluArgs {
+  const float *q, *t, *v1, *is1, *v2, *is2;
+  float *r, *dot, *inv_r;
+};
+
+inline ReluArgs ReluArgsFor(const Geometry& g, int l, Scratch& sc,
+                            const float* v1t, const float* is1t,
+                            const X2Image& x2) {
+  const int off = g.voff[l];
+  return {sc.qp[l], TIn(sc, l), v1t + off * kLanes, is1t + off * kLanes,
+          x2.v + off, x2.is.data() + off, sc.r[l].data(), sc.dot[l].data(),
+          sc.inv_r[l].data()};
+}
+
+// ReLU layer l at position p (kLanes pairs): its outputs n = r / 2pi +
+// dot q and tt = t dot, and what the backward pass needs, r, dot and
+// inv_r (1 / r, 0 where r <= kRTol). kDiag: `offdiag` is 0 in the lanes
+// where the pair is one image (self-kernel diagonal: exactly aligned
+// inputs, d = 0), else 1; without kDiag it is all ones and not used.
+struct ReluOut {
+  Vec n, tt, r, dot, inv_r;
+};
+
+template <bool kDiag>
+inline ReluOut ReluCore(const ReluArgs& a, int p, Vec offdiag) {
+  const int e = p * kLanes;
+  const Vec qq = Load(a.q + e);
+  Vec d = Load(a.v1 + e) * a.v2[p] - qq * qq;
+  if (kDiag) d *= offdiag;
+  // r = sqrt(d): h = d y0 from the estimate y0 of 1 / sqrt(d), then one
+  // Newton step, r = h (3/2 - h y0 / 2). Where d <= 0, d is taken as
+  // float32's tiny: r ~ 1e-19, below kRTol (the derivatives treat it as
+  // 0) and 1e-19 of the kernel's scale in n.
+  const Vec dm = Max(d, Splat(kTiny));
+  const Vec y0 = RSqrt14(dm);
+  const Vec h = dm * y0;
+  const Vec newton = 1.5f - 0.5f * (h * y0);
+  const Vec rr = h * newton;
+  const Vec isp = Load(a.is1 + e) * a.is2[p];
+  const Vec dd = ReluDot(qq, Abs(qq), rr, isp);
+  return {rr * kInvTwoPi + dd * qq, Load(a.t + e) * dd, rr, dd,
+          rr > kRTol ? y0 * newton : Vec{}};
+}
+
+// ReluCore's outputs; r, dot, inv_r kept for the backward pass if kKeep.
+template <bool kKeep, bool kDiag>
+inline Vec2 ReluAt(const ReluArgs& a, int p, Vec offdiag) {
+  const ReluOut o = ReluCore<kDiag>(a, p, offdiag);
+  if (kKeep) {
+    const int e = p * kLanes;
+    Store(a.r + e, o.r);
+    Store(a.dot + e, o.dot);
+    Store(a.inv_r + e, o.inv_r);
+  }
+  return {o.n, o.tt};
+}
+
+// The ReLU's backward at one position: from the cotangents gn, gtt of its
+// outputs n, tt, those of its inputs q (all of it: t = c box(tt) + q, and
+// layer 0's t is q) and t; adds the x2 self-variance's cotangent to accv.
+inline Vec2 ReluBack(Vec gn, Vec gtt, Vec q, Vec t, Vec r, Vec dot, Vec inv_r,
+                     float w_v, float* accv) {
+  const Vec g_t = gtt * dot;
+  const Vec gtr = gtt * t * inv_r;
+  Store(accv, Load(accv) + (gn * r - gtr * q) * w_v);
+  return {gn * dot + gtr * kInvTwoPi + g_t, g_t};
+}
+
+// ReluBack at position p of layer l from the kept r, dot, inv_r, into
+// gq[p] (and gt[p] for l > 0).
+struct BackArgs {
+  const float *q, *t, *r, *dot, *inv_r, *w_v;
+  float* accv;
+  bool first;  // layer 0: no gt
+};
+
+inline BackArgs BackArgsFor(const Geometry& g, int l, const Scratch& sc,
+                            const X2Image& x2, float* accv_all) {
+  return {sc.qp[l], TIn(sc, l), sc.r[l].data(), sc.dot[l].data(),
+          sc.inv_r[l].data(), x2.w_v.data() + g.voff[l],
+          accv_all + g.voff[l] * kLanes, l == 0};
+}
+
+inline void ReluBackAt(const BackArgs& b, int p, Vec gn, Vec gtt, float* gq,
+                       float* gt) {
+  const int e = p * kLanes;
+  const Vec2 o = ReluBack(gn, gtt, Load(b.q + e), Load(b.t + e),
+                          Load(b.r + e), Load(b.dot + e), Load(b.inv_r + e),
+                          b.w_v[p], b.accv + e);
+  Store(gq + e, o.a);
+  if (!b.first) Store(gt + e, o.b);
+}
+
+// ReLU layer l over all its positions, outputs into n_out, tt_out (the
+// generic architectures; with 5 x 5 windows at stride 2 the ReLU runs
+// inside the next layer's window sums, `ConvLayer`, or the final mean,
+// and its outputs are never stored: on Zen 4 a 512-bit store costs about
+// two cycles of the FMA pipes, which bound the ReLU).
 template <bool kKeep, bool kDiag>
 void Relu(const Geometry& g, int l, Scratch& sc, const float* v1t,
           const float* is1t, const X2Image& x2, Vec offdiag) {
   const int P = g.hl[l] * g.wl[l];
-  const float* q = sc.qp[l];
-  const float* t = TIn(sc, l);
-  float* r = sc.r[l].data();
-  float* dot = sc.dot[l].data();
-  float* inv_r = sc.inv_r[l].data();
+  const ReluArgs a = ReluArgsFor(g, l, sc, v1t, is1t, x2);
   float* n_out = sc.n_out.data();
   float* tt_out = sc.tt_out.data();
-  const int off = g.voff[l];
   for (int p = 0; p < P; ++p) {
-    const int e = p * kLanes;
-    const Vec qq = Load(q + e);
-    Vec d = Load(v1t + (off + p) * kLanes) * x2.v[off + p] - qq * qq;
-    if (kDiag) d *= offdiag;
-    // r = sqrt(d): h = d y0 from the estimate y0 of 1 / sqrt(d), then one
-    // Newton step, r = h (3/2 - h y0 / 2). Where d <= 0, d is taken as
-    // float32's tiny: r ~ 1e-19, below kRTol (the derivatives treat it as
-    // 0) and 1e-19 of the kernel's scale in n.
-    const Vec dm = Max(d, Splat(kTiny));
-    const Vec y0 = RSqrt14(dm);
-    const Vec h = dm * y0;
-    const Vec newton = 1.5f - 0.5f * (h * y0);
-    const Vec rr = h * newton;
-    const Vec isp = Load(is1t + (off + p) * kLanes) * x2.is[off + p];
-    const Vec dd = ReluDot(qq, Abs(qq), rr, isp);
-    Store(n_out + e, rr * kInvTwoPi + dd * qq);
-    Store(tt_out + e, Load(t + e) * dd);
-    if (kKeep) {
-      Store(r + e, rr);
-      Store(dot + e, dd);
-      Store(inv_r + e, rr > kRTol ? y0 * newton : Vec{});
-    }
+    const Vec2 o = ReluAt<kKeep, kDiag>(a, p, offdiag);
+    Store(n_out + p * kLanes, o.a);
+    Store(tt_out + p * kLanes, o.b);
   }
 }
 
@@ -667,11 +744,15 @@ void Layer1Block(const Geometry& g, Scratch* const* sc,
   }
 }
 
-// Conv layer l >= 1 on the previous ReLU's outputs n, tt: q = c box(n) + b,
-// t = c box(tt) + q, with box the separable SAME window sum at stride s
-// (rows first, into rn / rt, then columns).
-template <int KW, int SS>
-void ConvLayer(const Geometry& g, int l, Scratch& sc) {
+// ReLU layer l - 1 and conv layer l >= 1 on its outputs n, tt:
+// q = c box(n) + b, t = c box(tt) + q, with box the separable SAME window
+// sum at stride s (rows first, into rn / rt, then columns). With 5 x 5
+// windows at stride 2, the row sums take each ReLU output as it is
+// computed (Box5S2 reads each input once); else the ReLU's outputs are
+// stored first (`Relu`).
+template <int KW, int SS, bool kKeep, bool kDiag>
+void ConvLayer(const Geometry& g, int l, Scratch& sc, const float* v1t,
+               const float* is1t, const X2Image& x2, Vec offdiag) {
   const int hi = g.hl[l - 1], wi = g.wl[l - 1];
   const int ho = g.hl[l], wo = g.wl[l];
   const int lo_h = g.lo_hl[l], lo_w = g.lo_wl[l];
@@ -683,6 +764,7 @@ void ConvLayer(const Geometry& g, int l, Scratch& sc) {
     const float c = g.a / 25.f;
     float* q = sc.q[l].data();
     float* t = sc.t[l].data();
+    Relu<kKeep, kDiag>(g, l - 1, sc, v1t, is1t, x2, offdiag);
     for (int h = 0; h < hi; ++h)
       Box5S2<Vec2>(
           wo,
@@ -712,6 +794,7 @@ void ConvLayer(const Geometry& g, int l, Scratch& sc) {
           });
     return;
   }
+  Relu<kKeep, kDiag>(g, l - 1, sc, v1t, is1t, x2, offdiag);
   for (int h = 0; h < hi; ++h) {
     for (int pw = 0; pw < wo; ++pw) {
       Vec an{}, at{};
@@ -745,12 +828,14 @@ void ConvLayer(const Geometry& g, int l, Scratch& sc) {
 }
 
 // Transpose of ConvLayer's window sums, scaled by c: the cotangents of the
-// previous ReLU's outputs (gn_in, gtt_in, (hi, wi, lanes)) from those of q
-// and t (gq, gt). Each output is gathered from the windows holding it and
-// written once.
+// previous ReLU's outputs from those of q and t (gq, gt), each gathered
+// from the windows holding it, then taken through that ReLU's backward
+// (`back`, layer l - 1) at once: gn_in, gtt_in (hi, wi, lanes) get the
+// cotangents of its q and t, each written once.
 template <int KW, int SS>
 void ConvLayerT(const Geometry& g, int l, Scratch& sc, const float* gq,
-                const float* gt, float* gn_in, float* gtt_in) {
+                const float* gt, float* gn_in, float* gtt_in,
+                const BackArgs& back) {
   const int hi = g.hl[l - 1], wi = g.wl[l - 1];
   const int wo = g.wl[l];
   const int* th_lo = g.th_lo[l].data();
@@ -781,8 +866,7 @@ void ConvLayerT(const Geometry& g, int l, Scratch& sc, const float* gq,
             return {Load(rn + e), Load(rt + e)};
           },
           [&](int w, Vec2 v) {
-            Store(gn_in + (h * wi + w) * kLanes, c * v.a);
-            Store(gtt_in + (h * wi + w) * kLanes, c * v.b);
+            ReluBackAt(back, h * wi + w, c * v.a, c * v.b, gn_in, gtt_in);
           });
     return;
   }
@@ -804,31 +888,47 @@ void ConvLayerT(const Geometry& g, int l, Scratch& sc, const float* gq,
         an += Load(rn + (h * wo + pw) * kLanes);
         at += Load(rt + (h * wo + pw) * kLanes);
       }
-      Store(gn_in + (h * wi + w) * kLanes, c * an);
-      Store(gtt_in + (h * wi + w) * kLanes, c * at);
+      ReluBackAt(back, h * wi + w, c * an, c * at, gn_in, gtt_in);
     }
 }
 
 // Forward through all layers for one (x2 image, x1 tile); returns K's lanes.
-template <bool kKeep, int KW, int CC, int SS>
-void Forward(const Geometry& g, Scratch& sc, const float* x1t,
-             const float* v1t, const float* is1t, const X2Image& x2,
-             Vec offdiag, float* k_out) {
-  bool diag = false;
-  for (int k = 0; k < kLanes; ++k) diag |= offdiag[k] == 0.f;
-  const auto relu = diag ? Relu<kKeep, true> : Relu<kKeep, false>;
-  relu(g, 0, sc, v1t, is1t, x2, offdiag);
-  for (int l = 1; l < g.depth; ++l) {
-    ConvLayer<KW, SS>(g, l, sc);
-    relu(g, l, sc, v1t, is1t, x2, offdiag);
-  }
-  if (kKeep) return;  // the backward needs no K
+// kKeep (the backward pass's forward): no K; the ReLUs keep what their
+// backward needs, except the last, whose output cotangents are known
+// (Flatten's mean spreads K's, gk, evenly): its backward runs at once, into
+// sc.gn, sc.gtt (the cotangents of its q, t), and accv_all.
+template <bool kKeep, bool kDiag, int KW, int CC, int SS>
+void ForwardAt(const Geometry& g, Scratch& sc, const float* v1t,
+               const float* is1t, const X2Image& x2, Vec offdiag,
+               float* k_out, const float* gk, float* accv_all) {
+  for (int l = 1; l < g.depth; ++l)
+    ConvLayer<KW, SS, kKeep, kDiag>(g, l, sc, v1t, is1t, x2, offdiag);
   const int L = g.depth - 1;
   const int P = g.hl[L] * g.wl[L];
+  const ReluArgs a = ReluArgsFor(g, L, sc, v1t, is1t, x2);
+  if (kKeep) {
+    const Vec an = Load(gk) * (g.dense_gn / P);
+    const Vec at = Load(gk) * (g.dense_gt / P);
+    const float* w_v = x2.w_v.data() + g.voff[L];
+    float* accv = accv_all + g.voff[L] * kLanes;
+    float* gq = sc.gn.data();
+    float* gt = sc.gtt.data();
+    for (int p = 0; p < P; ++p) {
+      const int e = p * kLanes;
+      const ReluOut o = ReluCore<kDiag>(a, p, offdiag);
+      const Vec2 b = ReluBack(an, at, Load(a.q + e), Load(a.t + e), o.r,
+                              o.dot, o.inv_r, w_v[p], accv + e);
+      Store(gq + e, b.a);
+      if (L > 0) Store(gt + e, b.b);
+    }
+    return;
+  }
+  // The last ReLU, summed into Flatten's means.
   Vec nm{}, tm{};
   for (int p = 0; p < P; ++p) {
-    nm += Load(sc.n_out.data() + p * kLanes);
-    tm += Load(sc.tt_out.data() + p * kLanes);
+    const Vec2 o = ReluAt<false, kDiag>(a, p, offdiag);
+    nm += o.a;
+    tm += o.b;
   }
   Vec n = nm * (1.f / P), t = tm * (1.f / P);
   for (int d = 0; d < g.num_dense; ++d) {
@@ -836,6 +936,21 @@ void Forward(const Geometry& g, Scratch& sc, const float* x1t,
     t = n + g.a * t;
   }
   Store(k_out, t);
+}
+
+template <bool kKeep, int KW, int CC, int SS>
+void Forward(const Geometry& g, Scratch& sc, const float* x1t,
+             const float* v1t, const float* is1t, const X2Image& x2,
+             Vec offdiag, float* k_out, const float* gk = nullptr,
+             float* accv_all = nullptr) {
+  bool diag = false;
+  for (int k = 0; k < kLanes; ++k) diag |= offdiag[k] == 0.f;
+  if (diag)
+    ForwardAt<kKeep, true, KW, CC, SS>(g, sc, v1t, is1t, x2, offdiag, k_out,
+                                       gk, accv_all);
+  else
+    ForwardAt<kKeep, false, KW, CC, SS>(g, sc, v1t, is1t, x2, offdiag, k_out,
+                                        gk, accv_all);
 }
 
 // Backward for one (x2 image, x1 tile) with K cotangents gk[lanes], down to
@@ -848,47 +963,19 @@ const float* BackwardToLayer1(const Geometry& g, Scratch& sc,
                               const float* is1t, const X2Image& x2,
                               Vec offdiag, const float* gk,
                               float* accv_all) {
-  Forward<true, KW, CC, SS>(g, sc, x1t, v1t, is1t, x2, offdiag, nullptr);
-  const int L = g.depth - 1;
-  // Cotangents of the last ReLU's n, tt: Flatten's mean spreads K's evenly.
+  // The forward, and the last ReLU's backward: sc.gn, sc.gtt.
+  Forward<true, KW, CC, SS>(g, sc, x1t, v1t, is1t, x2, offdiag, nullptr, gk,
+                            accv_all);
   float* gn = sc.gn.data();
   float* gtt = sc.gtt.data();
   float* gn2 = sc.gn2.data();
   float* gtt2 = sc.gtt2.data();
-  {
-    const int P = g.hl[L] * g.wl[L];
-    const Vec an = Load(gk) * (g.dense_gn / P);
-    const Vec at = Load(gk) * (g.dense_gt / P);
-    for (int p = 0; p < P; ++p) {
-      Store(gn + p * kLanes, an);
-      Store(gtt + p * kLanes, at);
-    }
-  }
-  for (int l = L; l >= 0; --l) {
-    // ReLU l: (gn, gtt) become the cotangents of its inputs (q, t), in place.
-    const int P = g.hl[l] * g.wl[l];
-    const float* q = sc.qp[l];
-    const float* t_in = TIn(sc, l);
-    const float* r = sc.r[l].data();
-    const float* dot = sc.dot[l].data();
-    const float* inv_r = sc.inv_r[l].data();
-    float* accv = accv_all + g.voff[l] * kLanes;
-    for (int p = 0; p < P; ++p) {
-      const int e = p * kLanes;
-      const Vec gnv = Load(gn + e), gtv = Load(gtt + e), de = Load(dot + e);
-      const Vec g_t = gtv * de;
-      const Vec gtr = gtv * Load(t_in + e) * Load(inv_r + e);
-      Store(gn + e, gnv * de + gtr * kInvTwoPi + g_t);
-      if (l > 0) Store(gtt + e, g_t);  // layer 0's t is q: g_t is in gn
-      Store(accv + e, Load(accv + e) +
-                          (gnv * Load(r + e) - gtr * Load(q + e)) *
-                              x2.w_v[g.voff[l] + p]);
-    }
-    if (l > 0) {
-      ConvLayerT<KW, SS>(g, l, sc, gn, gtt, gn2, gtt2);
-      std::swap(gn, gn2);
-      std::swap(gtt, gtt2);
-    }
+  for (int l = g.depth - 1; l >= 1; --l) {
+    // Conv layer l's transpose and ReLU l - 1's backward.
+    ConvLayerT<KW, SS>(g, l, sc, gn, gtt, gn2, gtt2,
+                       BackArgsFor(g, l - 1, sc, x2, accv_all));
+    std::swap(gn, gn2);
+    std::swap(gtt, gtt2);
   }
   return gn;
 }
