@@ -764,20 +764,43 @@ void ConvLayer(const Geometry& g, int l, Scratch& sc, const float* v1t,
     const float c = g.a / 25.f;
     float* q = sc.q[l].data();
     float* t = sc.t[l].data();
-    Relu<kKeep, kDiag>(g, l - 1, sc, v1t, is1t, x2, offdiag);
-    for (int h = 0; h < hi; ++h)
-      Box5S2<Vec2>(
-          wo,
-          [&](int ip) -> Vec2 {
-            const int w = ip - lo_w;
-            if (w < 0 || w >= wi) return Vec2{};
-            const int e = (h * wi + w) * kLanes;
-            return {Load(n + e), Load(tt + e)};
-          },
-          [&](int pw, Vec2 v) {
-            Store(rn + (h * wo + pw) * kLanes, v.a);
-            Store(rt + (h * wo + pw) * kLanes, v.b);
-          });
+    auto put_row = [&](int h, int pw, Vec2 v) {
+      Store(rn + (h * wo + pw) * kLanes, v.a);
+      Store(rt + (h * wo + pw) * kLanes, v.b);
+    };
+    if (lo_w == 1 && wi == 2 * wo) {
+      // Box5S2 written out for this padding (one zero before the row, two
+      // after), so that the ReLU's outputs go from registers into the row
+      // sums, never stored. (Through Box5S2's bounds-checked lambda, the
+      // fused form was slower than storing them: spilled registers.)
+      const ReluArgs a = ReluArgsFor(g, l - 1, sc, v1t, is1t, x2);
+      auto relu = [&](int p) { return ReluAt<kKeep, kDiag>(a, p, offdiag); };
+      for (int h = 0; h < hi; ++h) {
+        const int row = h * wi;
+        Vec2 pair = relu(row);
+        Vec2 even = relu(row + 1);
+        for (int o = 0; o < wo - 1; ++o) {
+          const Vec2 next = even + relu(row + 2 * o + 2);
+          const Vec2 e2 = relu(row + 2 * o + 3);
+          put_row(h, o, pair + next + e2);
+          pair = next;
+          even = e2;
+        }
+        put_row(h, wo - 1, pair + even);
+      }
+    } else {
+      Relu<kKeep, kDiag>(g, l - 1, sc, v1t, is1t, x2, offdiag);
+      for (int h = 0; h < hi; ++h)
+        Box5S2<Vec2>(
+            wo,
+            [&](int ip) -> Vec2 {
+              const int w = ip - lo_w;
+              if (w < 0 || w >= wi) return Vec2{};
+              const int e = (h * wi + w) * kLanes;
+              return {Load(n + e), Load(tt + e)};
+            },
+            [&](int pw, Vec2 v) { put_row(h, pw, v); });
+    }
     for (int pw = 0; pw < wo; ++pw)
       Box5S2<Vec2>(
           ho,
