@@ -919,11 +919,12 @@ void ConvLayerT(const Geometry& g, int l, Scratch& sc, const float* gq,
 // kKeep (the backward pass's forward): no K; the ReLUs keep what their
 // backward needs, except the last, whose output cotangents are known
 // (Flatten's mean spreads K's, gk, evenly): its backward runs at once, into
-// sc.gn, sc.gtt (the cotangents of its q, t), and accv_all.
+// gq, gt (the cotangents of its q, t) and accv_all.
 template <bool kKeep, bool kDiag, int KW, int CC, int SS>
 void ForwardAt(const Geometry& g, Scratch& sc, const float* v1t,
                const float* is1t, const X2Image& x2, Vec offdiag,
-               float* k_out, const float* gk, float* accv_all) {
+               float* k_out, const float* gk, float* accv_all, float* gq,
+               float* gt) {
   for (int l = 1; l < g.depth; ++l)
     ConvLayer<KW, SS, kKeep, kDiag>(g, l, sc, v1t, is1t, x2, offdiag);
   const int L = g.depth - 1;
@@ -934,8 +935,6 @@ void ForwardAt(const Geometry& g, Scratch& sc, const float* v1t,
     const Vec at = Load(gk) * (g.dense_gt / P);
     const float* w_v = x2.w_v.data() + g.voff[L];
     float* accv = accv_all + g.voff[L] * kLanes;
-    float* gq = sc.gn.data();
-    float* gt = sc.gtt.data();
     for (int p = 0; p < P; ++p) {
       const int e = p * kLanes;
       const ReluOut o = ReluCore<kDiag>(a, p, offdiag);
@@ -965,15 +964,16 @@ template <bool kKeep, int KW, int CC, int SS>
 void Forward(const Geometry& g, Scratch& sc, const float* x1t,
              const float* v1t, const float* is1t, const X2Image& x2,
              Vec offdiag, float* k_out, const float* gk = nullptr,
-             float* accv_all = nullptr) {
+             float* accv_all = nullptr, float* gq = nullptr,
+             float* gt = nullptr) {
   bool diag = false;
   for (int k = 0; k < kLanes; ++k) diag |= offdiag[k] == 0.f;
   if (diag)
     ForwardAt<kKeep, true, KW, CC, SS>(g, sc, v1t, is1t, x2, offdiag, k_out,
-                                       gk, accv_all);
+                                       gk, accv_all, gq, gt);
   else
     ForwardAt<kKeep, false, KW, CC, SS>(g, sc, v1t, is1t, x2, offdiag, k_out,
-                                        gk, accv_all);
+                                        gk, accv_all, gq, gt);
 }
 
 // Backward for one (x2 image, x1 tile) with K cotangents gk[lanes], down to
@@ -985,19 +985,24 @@ const float* BackwardToLayer1(const Geometry& g, Scratch& sc,
                               const float* x1t, const float* v1t,
                               const float* is1t, const X2Image& x2,
                               Vec offdiag, const float* gk,
-                              float* accv_all) {
-  // The forward, and the last ReLU's backward: sc.gn, sc.gtt.
-  Forward<true, KW, CC, SS>(g, sc, x1t, v1t, is1t, x2, offdiag, nullptr, gk,
-                            accv_all);
+                              float* accv_all, float* out0 = nullptr) {
+  // The cotangent of the first layer's q goes to out0 if given, else to
+  // the scratch's ping-pong buffers.
   float* gn = sc.gn.data();
   float* gtt = sc.gtt.data();
   float* gn2 = sc.gn2.data();
   float* gtt2 = sc.gtt2.data();
+  // The forward, and the last ReLU's backward: gn, gtt.
+  Forward<true, KW, CC, SS>(g, sc, x1t, v1t, is1t, x2, offdiag, nullptr, gk,
+                            accv_all, g.depth == 1 && out0 ? out0 : gn, gtt);
+  if (g.depth == 1) return out0 ? out0 : gn;
   for (int l = g.depth - 1; l >= 1; --l) {
     // Conv layer l's transpose and ReLU l - 1's backward.
-    ConvLayerT<KW, SS>(g, l, sc, gn, gtt, gn2, gtt2,
+    float* dst = l == 1 && out0 ? out0 : gn2;
+    ConvLayerT<KW, SS>(g, l, sc, gn, gtt, dst, gtt2,
                        BackArgsFor(g, l - 1, sc, x2, accv_all));
-    std::swap(gn, gn2);
+    gn2 = gn;
+    gn = dst;
     std::swap(gtt, gtt2);
   }
   return gn;
@@ -1067,43 +1072,44 @@ void ContractLayer1(const Geometry& g, Scratch& sc, const float* gn,
   }
 }
 
-// The row-transposed windows (5 x 5, stride 2) of the first layer's q_1
-// cotangent gn (H1, W1, lanes) over the image rows: g1 (H, W1, lanes).
-inline void RowTranspose(const Geometry& g, const float* gn, float* g1) {
-  const int W1 = g.wl[0];
-  for (int pw = 0; pw < W1; ++pw)
-    Box5S2T<Vec>(
-        g.H, g.hl[0], g.lo_h,
-        [&](int ph) { return Load(gn + (ph * W1 + pw) * kLanes); },
-        [&](int h, Vec v) { Store(g1 + (h * W1 + pw) * kLanes, v); });
-}
-
 // The first layer's contraction for NT tiles and NB x2 images at once, for
 // 5 x 5 windows at stride 2: acc[b] (H, W, C, lanes) += sum over tiles t of
-// the x1 pixels of tile x1[t] times the cotangent of q_1
-// (from `BackwardToLayer1`), through the window transposes: g1[t * NB + b]
-// holds that pair's row-transposed cotangents (H, W1, lanes; RowTranspose),
-// and per image row the column transposes of all pairs run together
-// (Box5S2T over VecN), so each x1 vector loaded serves NB
-// images and each acc entry is read and written once per NT tiles. (acc is
-// 196 KB per x2 image for CIFAR-10: swept once per tile, it moved more
-// bytes through L2 than the arithmetic could hide.)
+// the x1 pixels of tile x1[t] times the cotangent of q_1 (gn[t * NB + b],
+// (H1, W1, lanes), from `BackwardToLayer1`), through the window
+// transposes: per image row h, the row-transposed cotangents (the sum of
+// gn's two or three rows whose windows hold h) of all pairs are formed in
+// registers, then column-transposed together (Box5S2T over VecN), so each
+// x1 vector loaded serves NB images and each acc entry is read and
+// written once per NT tiles. (acc is 196 KB per x2 image for CIFAR-10:
+// swept once per tile, it moved more bytes through L2 than the arithmetic
+// could hide. The row transposes were stored first, (H, W1) per pair: on
+// Zen 4 a 512-bit store costs about two FMAs of the FMA pipes.)
 template <int CC, int NT, int NB>
-void ContractGroup(const Geometry& g, const float* const* g1,
+void ContractGroup(const Geometry& g, const float* const* gn,
                    const float* const* x1, float* const* acc) {
   constexpr int N = NT * NB;
   const int W1 = g.wl[0], R = W1 * kLanes;
   const int C = CC > 0 ? CC : g.C;
   for (int h = 0; h < g.H; ++h) {
     const int hp = h + g.lo_h;
+    // The windows holding padded row hp: output rows ph0 .. ph0 + rows - 1.
+    const int ph0 = g.th_lo[0][hp], rows = g.th_hi[0][hp] - ph0 + 1;
+    if (rows <= 0) continue;
     const size_t xoff = static_cast<size_t>(hp) * g.Wp * C * kLanes;
     const size_t aoff = static_cast<size_t>(h) * g.W * C * kLanes;
+    const float* gr[N];
+    for (int k = 0; k < N; ++k) gr[k] = gn[k] + ph0 * R;
     Box5S2T<VecN<N>>(
         g.W, W1, g.lo_w,
         [&](int pw) {
           VecN<N> v;
-          for (int k = 0; k < N; ++k)
-            v.v[k] = Load(g1[k] + h * R + pw * kLanes);
+          const int o = pw * kLanes;
+          for (int k = 0; k < N; ++k) {
+            Vec a = Load(gr[k] + o);
+            if (rows > 1) a += Load(gr[k] + R + o);
+            if (rows > 2) a += Load(gr[k] + 2 * R + o);
+            v.v[k] = a;
+          }
           return v;
         },
         [&](int w, const VecN<N>& gm) {
@@ -1350,8 +1356,8 @@ void RunGrad(const Geometry& g, const PackedX1& p, const Sizes& sz,
     Scratch sa(g), sb(g);
     std::vector<X2Image> x2(bs, X2Image(g));
     Floats acc(bs * acc_size), accv(bs * accv_size);
-    // (tile, image) cotangents of q_1 for ContractGroup, and its rows.
-    const size_t g1_size = static_cast<size_t>(g.H) * g.wl[0] * kLanes;
+    // (tile, image) cotangents of q_1 for ContractGroup.
+    const size_t g1_size = p0;
     Floats gbuf(kPair ? 4 * g1_size : 0);
     alignas(64) float gka[kLanes];
     // Tile t's K cotangents for x2 image j into gk; false if all zero.
@@ -1413,12 +1419,11 @@ void RunGrad(const Geometry& g, const PackedX1& p, const Sizes& sz,
                 std::fill(dst, dst + g1_size, 0.f);
                 continue;
               }
-              const float* r = BackwardToLayer1<KW, CC, SS>(
+              BackwardToLayer1<KW, CC, SS>(
                   g, sc, xs[k], p.v.data() + (t + k) * tile_v,
                   p.is.data() + (t + k) * tile_v, x2[b],
                   OffDiag(symmetric, t + k, j), gka,
-                  accv.data() + b * accv_size);
-              RowTranspose(g, r, dst);
+                  accv.data() + b * accv_size, dst);
               any = true;
             }
           }
