@@ -25,6 +25,11 @@ SPECS = [  # (image_shape, depth, strides, filter_shape)
     ((9, 11, 2), 3, 1, (3, 3)),    # generic channels, stride 1, depth 3
     ((10, 10, 1), 2, 3, (3, 3)),   # the 3x3, C=1 instance, stride 3
     ((7, 6, 1), 1, 2, (3, 5)),     # non-square filter: generic path
+    # 5x5, stride 2, depth 3: 13 -> 7 -> 4 -> 2, so the ReLU feeding conv
+    # layer 2 (7 -> 4, two columns of padding before) takes the stored
+    # path and the one feeding layer 3 (4 -> 2) the fused one.
+    ((13, 13, 1), 3, 2, (5, 5)),
+    ((12, 12, 3), 1, 2, (5, 5)),   # depth 1: the first ReLU is the last
 ]
 
 
