@@ -43,9 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import _timing
-from ntga_tfds.transforms import _cnn_ntk
-from ntga_tfds.transforms import kernels
-from ntga_tfds.transforms import ntga
+from ntga_tfds.transforms.ntga import _cnn_ntk
+from ntga_tfds.transforms.ntga import kernels
+from ntga_tfds.transforms.ntga import attack as ntga
 
 SHAPES = {"mnist": ((28, 28, 1), 60000), "cifar10": ((32, 32, 3), 50000)}
 

@@ -28,7 +28,7 @@ import tempfile
 from absl import app
 from absl import flags
 
-from ntga_tfds.transforms import _native
+from ntga_tfds.transforms.ntga import _native
 
 _HERE = pathlib.Path(__file__).parent
 _SOURCE = _HERE.parent / "transforms" / "_native" / "cnn_ntk.cc"

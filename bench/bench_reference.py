@@ -25,9 +25,9 @@ import jax.numpy as jnp
 from jax.experimental import enable_x64
 import numpy as np
 
-from ntga_tfds.transforms import kernels
+from ntga_tfds.transforms.ntga import kernels
 from ntga_tfds.transforms import ntga
-from ntga_tfds.transforms import predict
+from ntga_tfds.transforms.ntga import gp as predict
 
 SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 flags.DEFINE_enum("shape", "cifar10", list(SHAPES), "Image shape.")

@@ -14,9 +14,12 @@ as well and shares the package. Importing it sets
 `TF_FORCE_GPU_ALLOW_GROWTH=true` unless already set, so that on a GPU
 TensorFlow leaves the memory to JAX's attack.
 
-Modules: `sources` (clean data, online or offline), `configs` (builder
-configs and their name grammar), `generation` (blocks, validation folds,
-checkpoints, statistics), `dataset_builder` (the base of every builder).
+Modules: `families` (one module per attack: configs, name grammar, work,
+card), `sources` (clean data, online or offline), `configs` (the builder
+config base), `plans` (the shapes of work: blockwise, targeted, additive),
+`generation` (units, checkpoints, resume, statistics), `dataset_builder`
+(the base of every builder), `victims` and `evaluate` (Keras victims, clean
+vs poisoned).
 """
 
 import importlib as _importlib
@@ -49,6 +52,10 @@ def _discover_builders():
 
 
 BUILDERS = _discover_builders()
+# Old builder names that still load (the source `imagenet2` was renamed for
+# what it is: the NTGA paper's two ImageNet classes).
+ALIASES = {"imagenet2_ntga": "imagenet_bulbul_jellyfish_ntga",
+           "imagenet2_random_noise": "imagenet_bulbul_jellyfish_random_noise"}
 
 
 def builder_module(name: str) -> str:
@@ -58,6 +65,7 @@ def builder_module(name: str) -> str:
 
 def builder_cls(name: str):
   """The `Builder` class of one of this package's datasets."""
+  name = ALIASES.get(name, name)
   if name not in BUILDERS:
     raise ValueError(f"{name!r} is not one of ntga_tfds's builders: "
                      f"{', '.join(BUILDERS)}.")
@@ -70,7 +78,7 @@ class _Provider:
   imports a builder file by path, which imports this package)."""
 
   def has_dataset(self, name: str) -> bool:
-    return name in BUILDERS
+    return name in BUILDERS or name in ALIASES
 
   def get_builder_cls(self, name: str):
     return builder_cls(name)
@@ -90,4 +98,5 @@ def _register():
 
 _register()
 
-__all__ = ["BUILDERS", "builder_cls", "builder_module", "__version__"]
+__all__ = ["BUILDERS", "ALIASES", "builder_cls", "builder_module",
+           "__version__"]

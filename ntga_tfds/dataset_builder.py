@@ -1,24 +1,22 @@
-"""The shared base of every poisoned-dataset builder under `builders/`.
+"""The one TFDS builder base every poisoned-dataset folder uses.
 
-A builder file only names its source, its configs and (next to it) its card:
+A builder folder names its source and family and nothing else:
 
-  class Builder(dataset_builder.NTGABuilder):
-    SOURCE = "cifar10"
-    BUILDER_CONFIGS = configs.named_ntga_configs("cifar10")
+  class Builder(families.builder("cifar10", "ntga")):
+    pass
 
-Everything else lives here: the features (`image` uint8, `label`
-unchanged, `index` of the clean source example), the splits (`train`
-poisoned, `test` clean, and `validation` -- the clean held-out images -- for
-the paper protocol), fetching the clean data (`sources`), poisoning it
-(`generation`, with checkpoints under
+Everything else comes from the family (`ntga_tfds.families`): the configs
+and their grammar, the work (`Family.job`, one of `ntga_tfds.plans`), the
+extra columns and splits. This base adds what every family shares: the
+features (`image` uint8, `label`, `index` of the clean source example, plus
+the family's columns), the clean `test` split, fetching the clean data
+(`sources`), running the job (`generation`, with checkpoints under
 `<data_dir>/downloads/ntga_tfds_checkpoints/`, removed after a successful
-build) and the DatasetInfo metadata (attack config, plan, seed, package
-versions, generation time, perturbation statistics).
+build) and the DatasetInfo metadata.
 
-Config names: besides the named configs, every name of the grammar in
-`ntga_tfds.configs` is accepted (`tfds.load("mnist_ntga/eps16_t8")`), and any
-config object of the builder's config class (`tfds.builder(name,
-config=configs.ntga_config(...))`).
+Config names: besides the named configs, every name of the family's grammar
+is accepted (`tfds.load("mnist_ntga/eps16_t8")`), and any config object of
+the family's config class (`tfds.builder(name, config=...)`).
 
 Environment: NTGA_TFDS_PROGRESS=0 hides the progress bars.
 """
@@ -35,11 +33,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ntga_tfds import configs
+from ntga_tfds import families
 from ntga_tfds import sources
 
 _LOG = logging.getLogger(__name__)
 
-HOMEPAGE = "https://github.com/lionelmessi6410/ntga"
 CHECKPOINT_SUBDIR = ("downloads", "ntga_tfds_checkpoints")
 
 INDEX_DOC = (
@@ -59,11 +57,7 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
   """A source dataset whose train split carries an attack of `transforms`."""
 
   SOURCE: ClassVar[str] = ""
-  ATTACK: ClassVar[str] = ""
-  CONFIG_CLASS: ClassVar[type] = configs.PoisonConfig
-  # Held-out validation size of the paper protocol, if the paper used one
-  # that the default rule (min(10,000, n // 5)) does not give.
-  PAPER_VAL_SIZE: ClassVar[Optional[int]] = None
+  FAMILY: ClassVar[str] = ""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
@@ -83,6 +77,10 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
   def code_path(cls) -> epath.Path:  # pylint: disable=no-self-argument
     return epath.Path(inspect.getfile(cls))
 
+  @classmethod
+  def family(cls) -> families.Family:
+    return families.get(cls.FAMILY)
+
   # -- configs ------------------------------------------------------------
 
   def _create_builder_config(self, builder_config, version):
@@ -90,7 +88,7 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
       name, _, name_version = builder_config.partition(":")
       if self.get_builder_config(name) is None:
         try:
-          cfg = configs.config_from_name(self.ATTACK, name)
+          cfg = self.family().config_from_name(name)
         except ValueError as e:
           named = ", ".join(c.name for c in self.BUILDER_CONFIGS)
           raise ValueError(
@@ -100,9 +98,10 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
           version = name_version
         return super()._create_builder_config(cfg, version)
     elif isinstance(builder_config, configs.PoisonConfig):
-      if not isinstance(builder_config, self.CONFIG_CLASS):
+      wanted = self.family().config_class
+      if not isinstance(builder_config, wanted):
         raise ValueError(
-            f"{self.name} needs a {self.CONFIG_CLASS.__name__}, got a "
+            f"{self.name} needs a {wanted.__name__}, got a "
             f"{type(builder_config).__name__}.")
       named = self.get_builder_config(builder_config.name)
       if named is not None and named is not builder_config:
@@ -118,15 +117,18 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
 
   def _info(self) -> tfds.core.DatasetInfo:
     spec = sources.source_spec(self.SOURCE)
+    fam = self.family()
+    features = {
+        "image": tfds.features.Image(shape=spec.image_shape, dtype=np.uint8),
+        "label": tfds.features.ClassLabel(names=list(spec.class_names)),
+        "index": tfds.features.Scalar(dtype=np.int64, doc=INDEX_DOC),
+    }
+    for column in fam.columns:
+      features[column] = COLUMN_FEATURES[column]()
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=spec.image_shape,
-                                         dtype=np.uint8),
-            "label": tfds.features.ClassLabel(names=list(spec.class_names)),
-            "index": tfds.features.Scalar(dtype=np.int64, doc=INDEX_DOC),
-        }),
+        features=tfds.features.FeaturesDict(features),
         supervised_keys=("image", "label"),
-        homepage=HOMEPAGE,
+        homepage=fam.homepage,
         metadata=tfds.core.MetadataDict(),
     )
 
@@ -188,6 +190,7 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
   def _split_generators(self, dl_manager):
     from ntga_tfds import generation  # pylint: disable=g-import-not-at-top
     cfg = self.builder_config
+    fam = self.family()
     dc = getattr(self, "_source_download_config", None) or \
         tfds.download.DownloadConfig()
     manual_dir = self._source_manual_dir(dl_manager, dc)
@@ -202,40 +205,32 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
         max_examples=_min_limit(cfg.max_test_examples,
                                 dc.max_examples_per_split))
     spec = sources.source_spec(self.SOURCE)
-    attack = generation.make_attack(cfg.ATTACK, cfg.attack_config())
-    val_size = cfg.val_size
-    if (val_size is None and cfg.protocol == "paper" and self.PAPER_VAL_SIZE
-        and train.num_available == len(train)):
-      val_size = self.PAPER_VAL_SIZE
-    result = generation.generate(
-        train.images, train.labels, attack=attack,
-        num_classes=spec.num_classes, seed=cfg.seed, protocol=cfg.protocol,
-        val_size=val_size, checkpoint_dir=self.checkpoint_root(),
-        data_sha256=train.sha256)
+    job = fam.job(cfg, train, test, spec)
+    result = generation.run(
+        job, data_sha256=generation.sha256_json([train.sha256, test.sha256]),
+        checkpoint_dir=self.checkpoint_root(),
+        implementation=fam.implementation(cfg))
     self._checkpoint_dir_used = result.checkpoint_dir
-    plan = result.plan
     self.info.metadata.update(
-        self._generation_metadata(cfg, attack, result, train, test))
-
-    splits = {"train": self._generate_examples(
-        result.images, train.labels[plan.poison_indices],
-        plan.poison_indices)}
-    if plan.heldout_indices.size:
-      h = plan.heldout_indices
-      splits["validation"] = self._generate_examples(
-          train.images[h], train.labels[h], h)
+        self._generation_metadata(cfg, job, result, train, test))
+    defaults = dict(fam.columns)
+    splits = {}
+    for name, columns in result.splits.items():
+      splits[name] = self._generate_examples(columns, defaults)
+    idx = np.arange(len(test), dtype=np.int64)
     splits["test"] = self._generate_examples(
-        test.images, test.labels, np.arange(len(test), dtype=np.int64))
+        {"image": test.images, "label": test.labels, "index": idx,
+         "key": idx}, defaults)
     return splits
 
-  def _generation_metadata(self, cfg, attack, result, train, test):
+  def _generation_metadata(self, cfg, job, result, train, test):
     from ntga_tfds import generation  # pylint: disable=g-import-not-at-top
-    return generation._jsonable({  # pylint: disable=protected-access
-        "attack": attack.name,
-        "attack_config": attack.config_json(),
+    return generation.jsonable({
+        "family": self.FAMILY,
+        "attack_config": cfg.attack,
         "builder_config": cfg.to_json(),
         "seed": cfg.seed,
-        "plan": result.plan.to_json(),
+        "plan": job.plan_json(),
         "source": {
             "name": self.SOURCE,
             "origin": train.origin,
@@ -246,31 +241,38 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
             "test_sha256": test.sha256,
         },
         "package_versions": generation.package_versions(),
+        "implementation": self.family().implementation(cfg),
         "generated_at": result.generated_at,
         "generation_seconds": round(result.seconds, 3),
-        "blocks_resumed": result.blocks_resumed,
-        "blocks_computed": result.blocks_computed,
+        "units_resumed": result.units_resumed,
+        "units_computed": result.units_computed,
+        "shared_resumed": result.shared_resumed,
         "fingerprint": result.fingerprint,
-        "perturbation": result.stats,
+        "stats": result.stats,
     })
 
-  def _generate_examples(self, images, labels, indices):
-    for image, label, index in zip(images, labels, indices):
-      yield int(index), {"image": image, "label": int(label),
-                         "index": int(index)}
+  def _generate_examples(self, columns, defaults):
+    n = len(columns["key"])
+    names = ["image", "label", "index", *defaults]
+    for i in range(n):
+      example = {}
+      for c in names:
+        if c in columns:
+          v = columns[c][i]
+          example[c] = v if c == "image" else v.item()
+        else:
+          example[c] = defaults[c]
+      yield int(columns["key"][i]), example
 
 
-class NTGABuilder(PoisonedBuilder, skip_registration=True):
-  """Base of `<source>_ntga`: the train split carries NTGA."""
-  ATTACK = "ntga"
-  CONFIG_CLASS = configs.NTGABuilderConfig
+# The extra columns a family may declare (`Family.columns`), as features.
+COLUMN_FEATURES = {
+    "is_poison": lambda: tfds.features.Scalar(
+        dtype=np.bool_, doc="Whether the attack crafted this example."),
+    "adversarial_label": lambda: tfds.features.Scalar(
+        dtype=np.int64, doc="In the `target` split, the class the attack "
+        "wants the target image taken for; -1 in every other split."),
+}
 
 
-class RandomNoiseBuilder(PoisonedBuilder, skip_registration=True):
-  """Base of `<source>_random_noise`: the control, uniform +-eps noise."""
-  ATTACK = "random_noise"
-  CONFIG_CLASS = configs.RandomNoiseBuilderConfig
-
-
-__all__ = ["PoisonedBuilder", "NTGABuilder", "RandomNoiseBuilder",
-           "INDEX_DOC"]
+__all__ = ["PoisonedBuilder", "INDEX_DOC", "COLUMN_FEATURES"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from typing import Mapping, Sequence
 
@@ -253,10 +252,10 @@ def write_outputs(report: dict, output_dir: str, *,
 # ------------------------------------------------------ TFDS name layer ---
 
 
-def _registered(suffixes=("_ntga", "_random_noise")) -> list[str]:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return sorted(n for n in tfds.list_builders(with_community_datasets=False)
-                if n.endswith(suffixes))
+def _registered() -> list[str]:
+  """The poisoned datasets of every registered family."""
+  import ntga_tfds  # pylint: disable=g-import-not-at-top
+  return sorted(ntga_tfds.BUILDERS)
 
 
 def load_builder(dataset: str, *, data_dir: str | None = None,
@@ -311,30 +310,43 @@ def _align(index: np.ndarray, other_index: np.ndarray, what: str):
 
 
 def _eps_of(builder) -> float | None:
-  """The builder config's L-inf budget in [0, 1] pixel units, if known."""
-  params = getattr(builder.builder_config, "attack_params", None) or {}
-  if "eps" in params:
-    return float(params["eps"])
-  m = re.search(r"eps(\d+)", getattr(builder.builder_config, "name", ""))
-  return int(m.group(1)) / 255.0 if m else None
+  """The builder config's L-inf budget in [0, 1] pixel units, if it has one."""
+  attack = getattr(builder.builder_config, "attack", None)
+  eps = getattr(attack, "eps", None)
+  return float(eps) if eps is not None else None
+
+
+def _family_of(builder):
+  """The attack family of a poisoned-dataset builder (the registry's)."""
+  from ntga_tfds import families  # pylint: disable=g-import-not-at-top
+  name = getattr(builder, "FAMILY", None)
+  if name:
+    return families.get(name)
+  return families.split_builder_name(builder.name)[1]
 
 
 def _source_of(builder) -> str:
   source = getattr(builder, "SOURCE", None)
   if source:
     return source
-  return re.sub(r"_(ntga|random_noise)$", "", builder.name)
+  return families_split(builder.name)[0]
+
+
+def families_split(name: str):
+  from ntga_tfds import families  # pylint: disable=g-import-not-at-top
+  return families.split_builder_name(name)
 
 
 def load_named(dataset: str, *, data_dir: str | None = None,
                manual_dir: str | None = None, build: bool = True,
-               control: bool = True, seed: int = 0):
+               control: bool = True):
   """Loads the training sets and test split of a TFDS poisoned dataset.
 
-  The clean training examples are the source's `index`ed examples (labels
-  checked). The control is `<source>_random_noise/eps{k}` (examples
-  matched by `index`) when registered and buildable; otherwise the same
-  noise (`transforms.random_noise`, seeded) is drawn here.
+  The clean twin is the source's `index`ed training examples (labels
+  checked). The control is what the dataset's family names as its control
+  (`Family.control`, `Family.control_config`: for NTGA,
+  `<source>_random_noise/eps{k}`), matched by `index`; it is skipped, with
+  a warning, when the family has none or it cannot be built.
 
   Returns:
     `(train_sets, test, info)`: train_sets name -> (x, y) with "clean",
@@ -364,27 +376,30 @@ def load_named(dataset: str, *, data_dir: str | None = None,
           "class_names": builder.info.features["label"].names
                          if hasattr(builder.info.features["label"], "names")
                          else None}
-  if control and not builder.name.endswith("_random_noise") and eps:
-    train_sets[NOISE], info["control"] = _control(
-        source, eps, index, x_clean, y_clean, data_dir=data_dir,
-        manual_dir=manual_dir, build=build, seed=seed)
+  fam = _family_of(builder)
+  control_name = None
+  if control and fam.control:
+    cfg_name = fam.control_config(builder.builder_config)
+    if cfg_name:
+      control_name = f"{source}_{fam.control}/{cfg_name}"
+  if control_name:
+    got = _control(control_name, index, y_clean, data_dir=data_dir,
+                   manual_dir=manual_dir, build=build)
+    if got is not None:
+      train_sets[NOISE], info["control"] = got, control_name
   return train_sets, (test["image"], test["label"]), info
 
 
-def _control(source, eps, index, x_clean, y_clean, *, seed, **kwargs):
-  name = f"{source}_random_noise/eps{int(round(eps * 255))}"
+def _control(name, index, y_clean, **kwargs):
+  """The control dataset's training images matched to `index`, or None."""
   try:
     noise = _read_split(load_builder(name, **kwargs), "train")
     rows = _align(index, noise["index"], name)
-    return (noise["image"][rows], y_clean), name
   except ValueError as e:
-    logging.warning("Control %s unavailable (%s); drawing the same noise "
-                    "in-process.", name, e)
-  import jax  # pylint: disable=g-import-not-at-top
-  from ntga_tfds.transforms import random_noise  # pylint: disable=g-import-not-at-top
-  x = random_noise.poison(x_clean, key=jax.random.PRNGKey(seed),
-                          config=random_noise.RandomNoiseConfig(eps=eps))
-  return (x, y_clean), f"in-process uniform noise, eps={eps:.4f}"
+    logging.warning("Control %s unavailable (%s); evaluating without it.",
+                    name, e)
+    return None
+  return (noise["image"][rows], y_clean)
 
 
 def evaluate(dataset: str, *, victims: Sequence[str] = ("cnn",),
@@ -400,7 +415,8 @@ def evaluate(dataset: str, *, victims: Sequence[str] = ("cnn",),
 
   Args:
     dataset: "<source>_<attack>/<config>", e.g. "cifar10_ntga/eps8_t64".
-    control: also evaluate `<source>_random_noise/eps{k}`.
+    control: also evaluate the family's control of the same budget (for
+      NTGA `<source>_random_noise/eps{k}`).
     data_dir: TFDS data directory (default: TFDS's).
     manual_dir: where sources that need manual files find them.
     build: build the dataset if it is not built yet.

@@ -1,277 +1,148 @@
-"""Where transforms meet data: blocks, validation folds, checkpoints, stats.
+"""Runs a poisoning job in units of work, with checkpoints, resume and stats.
 
-`generate` poisons a training set block by block with any attack of
-`ntga_tfds.transforms` and is what every poisoned-dataset builder calls:
+Every poisoned dataset is generated the same way, whatever the attack: its
+family (`ntga_tfds.families`) turns a builder config and the clean data into
+a `Job` (one of the shapes in `ntga_tfds.plans`), and `run` executes it:
 
-  >>> result = generation.generate(
-  ...     x_train, y_train, attack=generation.ntga_attack(cfg),
-  ...     num_classes=10, seed=0, checkpoint_dir="/tmp/ckpt")
-  >>> result.images.shape == x_train.shape
-  True
+  >>> job = plans.BlockJob(x_train, y_train, poison_fn=fn, block_size=512,
+  ...                      seed=0, num_classes=10, ...)
+  >>> result = generation.run(job, checkpoint_dir="/tmp/ckpt",
+  ...                         data_sha256=sha)
+  >>> result.splits["train"]["image"].shape
+  (50000, 32, 32, 3)
 
-The plan (`make_plan`) is a pure function of the number of examples, the
-block size, the protocol, the validation size and the seed:
+A job is a list of units (NTGA: blocks; a targeted attack: target groups; an
+attack that adds points: batches of new points), each a deterministic
+function of the job's inputs, its shared inputs (`Job.prepare`, e.g. a
+trained surrogate, computed once and cached) and the outputs of the units
+before it. `run` computes the units in order and assembles the splits.
 
-* blocks: consecutive runs of `block_size` examples (in the source's
-  canonical order); the last, partial block is poisoned too. Block `b` is
-  attacked with the key `jax.random.fold_in(jax.random.PRNGKey(seed), b)`,
-  as `ntga.poison` does.
-* protocol "all_train" (default): every training example is poisoned. Block
-  `b` is attacked against a validation fold of `val_size` examples drawn,
-  with a keyed hash of (seed, b, index), from the *other* training examples:
-  never from the block itself, never from the test split. A training set
-  that fits in one block is split in two blocks so that a fold exists.
-* protocol "paper": `val_size` examples (chosen by the same keyed hash) are
-  held out clean; every block is attacked against all of them, and they are
-  released as a `validation` split (the NTGA paper's protocol).
+Checkpoints. With `checkpoint_dir`, each finished unit's arrays are written
+to `<checkpoint_dir>/<fingerprint>/unit_<u>.npz` atomically (temporary file,
+then rename), shared inputs to `shared_<name>.npz`, and a later run with the
+same fingerprint reuses them, so a killed build resumes where it stopped and
+gives byte-identical output. The fingerprint hashes everything that
+determines the output: the job's payload (family, attack config, plan), the
+data, the source code of `ntga_tfds.transforms` (Python and native), which
+implementation runs (`implementation`, e.g. native or pure-JAX kernels and
+the switches that choose them), and the versions of ntga_tfds, JAX and
+neural-tangents. A changed input gives a new directory, so stale units are
+never reused.
 
-The selection uses a fixed integer hash rather than NumPy's generators, so
-the plan is the same on every NumPy version.
-
-Checkpoints. With `checkpoint_dir`, each finished block is written to
-`<checkpoint_dir>/<fingerprint>/block_<b>.npy` atomically (temporary file,
-then rename), and a later run with the same fingerprint reuses it, so a
-killed build resumes where it stopped and gives byte-identical output (every
-block is a deterministic function of its inputs). The fingerprint hashes
-everything that determines the output: the data, the attack's full config,
-the plan, the source code of `ntga_tfds.transforms`, and the versions of
-ntga_tfds, JAX and neural-tangents and the JAX backend. A changed input gives
-a new directory, so stale blocks are never reused.
+This module imports neither TensorFlow nor TFDS.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import datetime
 import hashlib
+import io
 import json
 import math
 import os
 import pathlib
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-FORMAT_VERSION = 1
-MAX_DEFAULT_VAL_SIZE = 10_000
-_MASK64 = (1 << 64) - 1
+FORMAT_VERSION = 2
+
+Arrays = Dict[str, np.ndarray]
+Splits = Dict[str, Arrays]
+
+
+def jsonable(value):
+  """`value` with what JSON cannot hold made JSON-able, the one rule for
+  configs, fingerprints and metadata: inf and nan as the strings "inf",
+  "-inf", "nan"; NumPy scalars and arrays as Python values; tuples as lists;
+  dict keys as strings; dataclasses as dicts."""
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    value = {f.name: getattr(value, f.name)
+             for f in dataclasses.fields(value)}
+  if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
+    return str(value)
+  if isinstance(value, dict):
+    return {str(k): jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [jsonable(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return jsonable(value.tolist())
+  if isinstance(value, np.generic):
+    return jsonable(value.item())
+  return value
+
+
+def sha256_json(payload: Any) -> str:
+  text = json.dumps(jsonable(payload), sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------
-# Attacks as generation sees them.
+# Jobs.
 
 
-@dataclasses.dataclass(frozen=True)
-class Attack:
-  """One transform and its config.
+class Job(abc.ABC):
+  """A generation's work: units computed in order, then assembled.
 
-  Attributes:
-    name: "ntga" or "random_noise".
-    config: the transform's frozen config dataclass.
-    uses_validation: whether blocks need a validation set.
-    block_size: examples per block (None: the whole set is one block).
-    steps_per_block: optimiser steps per block, for the progress bar.
-    fn: `fn(x, y, *, x_val, y_val, key, num_classes, on_step) -> uint8`.
+  Subclasses (the shapes in `ntga_tfds.plans`) set `family`, `num_units`
+  and `steps_per_unit` and implement the abstract methods. A unit's output
+  is a dict of NumPy arrays (what is checkpointed); it must be a
+  deterministic function of the job's inputs, its shared inputs and the
+  outputs of earlier units.
   """
-  name: str
-  config: Any
-  uses_validation: bool
-  block_size: Optional[int]
-  steps_per_block: int
-  fn: Callable[..., np.ndarray]
 
-  def config_json(self) -> Dict[str, Any]:
-    return _jsonable(dataclasses.asdict(self.config))
+  family: str = ""
+  num_units: int = 0
+  steps_per_unit: int = 0   # optimiser steps per unit, for progress bars
+  unit_noun: str = "unit"   # "block", "target group", ... for progress bars
 
+  @abc.abstractmethod
+  def payload(self) -> Dict[str, Any]:
+    """JSON-able description of what defines the output (config, plan)."""
 
-def ntga_attack(config) -> Attack:
-  """NTGA (`ntga_tfds.transforms.ntga.poison_block`) as an `Attack`."""
-  from ntga_tfds.transforms import ntga  # pylint: disable=g-import-not-at-top
+  def prepare(self, cache: "SharedCache") -> None:
+    """Computes (or reads from `cache`) inputs shared by every unit."""
+    del cache
 
-  def fn(x, y, *, x_val, y_val, key, num_classes, on_step):
-    return ntga.poison_block(x, y, x_val=x_val, y_val=y_val, key=key,
-                             config=config, num_classes=num_classes,
-                             on_step=on_step)
+  @abc.abstractmethod
+  def run_unit(self, u: int, previous: Sequence[Arrays], *,
+               on_step: Callable[[int, float], None]) -> Arrays:
+    """Computes unit `u`; `previous` holds the outputs of units 0..u-1."""
 
-  steps = 1 if config.optimizer == "as_published" else config.nb_iter
-  return Attack("ntga", config, True, config.block_size, steps, fn)
+  def check_unit(self, u: int, out: Arrays) -> Optional[str]:
+    """Why `out` (computed or read back) is not a valid output of unit `u`,
+    or None. A checkpoint that fails this check is recomputed."""
+    del u, out
+    return None
 
+  @abc.abstractmethod
+  def assemble(self, outputs: Sequence[Arrays]) -> Splits:
+    """The generated splits: split -> columns (`image`, `label`, `index`,
+    `key` and the family's extra columns), from every unit's output."""
 
-def random_noise_attack(config, block_size: Optional[int] = None) -> Attack:
-  """The random-noise control (`random_noise.poison`) as an `Attack`."""
-  from ntga_tfds.transforms import random_noise  # pylint: disable=g-import-not-at-top
+  def plan_json(self) -> Dict[str, Any]:
+    """The plan part of the metadata (which examples, which units)."""
+    return self.payload().get("plan", {})
 
-  def fn(x, y, *, x_val, y_val, key, num_classes, on_step):
-    del x_val, y_val, num_classes, on_step
-    return random_noise.poison(x, y, key=key, config=config)
-
-  return Attack("random_noise", config, False, block_size, 0, fn)
-
-
-def make_attack(name: str, config) -> Attack:
-  if name == "ntga":
-    return ntga_attack(config)
-  if name == "random_noise":
-    return random_noise_attack(config)
-  raise ValueError(f"Unknown attack {name!r}.")
-
-
-# ---------------------------------------------------------------------------
-# The plan.
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-  x = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(_MASK64)
-  x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9))
-  x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB))
-  return x ^ (x >> np.uint64(31))
-
-
-def keyed_scores(seed: int, stream: int, indices: np.ndarray) -> np.ndarray:
-  """Pseudo-random uint64 scores of `indices` for (seed, stream)."""
-  with np.errstate(over="ignore"):
-    base = _splitmix64(np.asarray([(seed * 0x100000001B3 + stream) & _MASK64],
-                                  np.uint64))[0]
-    return _splitmix64(np.asarray(indices, np.uint64) ^ base)
-
-
-def keyed_choice(seed: int, stream: int, candidates: np.ndarray,
-                 size: int) -> np.ndarray:
-  """`size` of `candidates` (sorted), those with the smallest keyed scores."""
-  candidates = np.asarray(candidates, np.int64)
-  if size > candidates.shape[0]:
-    raise ValueError(f"Cannot draw {size} examples from "
-                     f"{candidates.shape[0]}.")
-  scores = keyed_scores(seed, stream, candidates)
-  order = np.lexsort((candidates, scores))
-  return np.sort(candidates[order[:size]])
-
-
-_HELDOUT_STREAM = 1 << 40
-_FOLD_STREAM = 1 << 41
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Plan:
-  """Which examples are poisoned, in which blocks, against which validation.
-
-  Attributes:
-    num_examples: size of the training set.
-    block_size: effective examples per block.
-    protocol: "all_train" or "paper".
-    val_size: validation examples per block (0 if the attack needs none).
-    seed: the seed.
-    poison_indices: training indices poisoned, ascending (every index for
-      "all_train"; all but the held-out ones for "paper").
-    heldout_indices: the paper protocol's held-out validation indices.
-  """
-  num_examples: int
-  block_size: int
-  protocol: str
-  val_size: int
-  seed: int
-  poison_indices: np.ndarray
-  heldout_indices: np.ndarray
-
-  @property
-  def num_blocks(self) -> int:
-    return -(-self.poison_indices.shape[0] // self.block_size)
-
-  def block_slice(self, b: int) -> slice:
-    n = self.poison_indices.shape[0]
-    return slice(b * self.block_size, min(n, (b + 1) * self.block_size))
-
-  def block(self, b: int) -> np.ndarray:
-    """Training indices of block `b`."""
-    return self.poison_indices[self.block_slice(b)]
-
-  def validation(self, b: int) -> np.ndarray:
-    """Training indices of block `b`'s validation set (ascending)."""
-    if self.val_size == 0:
-      return np.zeros(0, np.int64)
-    if self.protocol == "paper":
-      return self.heldout_indices
-    mask = np.ones(self.num_examples, bool)
-    mask[self.block(b)] = False
-    return keyed_choice(self.seed, _FOLD_STREAM + b, np.flatnonzero(mask),
-                        self.val_size)
-
-  def to_json(self) -> Dict[str, Any]:
-    return {"num_examples": self.num_examples, "block_size": self.block_size,
-            "num_blocks": self.num_blocks, "protocol": self.protocol,
-            "val_size": self.val_size, "seed": self.seed,
-            "num_poisoned": int(self.poison_indices.shape[0]),
-            "num_heldout": int(self.heldout_indices.shape[0])}
-
-
-def default_val_size(num_examples: int) -> int:
-  """min(10,000, n // 5): the paper's 10,000 for MNIST and CIFAR-10."""
-  return max(1, min(MAX_DEFAULT_VAL_SIZE, num_examples // 5))
-
-
-def make_plan(num_examples: int, *, block_size: Optional[int],
-              protocol: str = "all_train", val_size: Optional[int] = None,
-              seed: int = 0, uses_validation: bool = True) -> Plan:
-  """The blocks and validation sets for a training set (see module doc)."""
-  n = int(num_examples)
-  if n < 1:
-    raise ValueError("The training set is empty.")
-  if protocol not in ("all_train", "paper"):
-    raise ValueError(f"protocol must be 'all_train' or 'paper', got "
-                     f"{protocol!r}.")
-  all_idx = np.arange(n, dtype=np.int64)
-  bs = n if block_size is None else int(block_size)
-  if not uses_validation:
-    return Plan(n, min(bs, n), protocol, 0, seed, all_idx,
-                np.zeros(0, np.int64))
-  if val_size is None:
-    val_size = default_val_size(n)
-  val_size = int(val_size)
-  if protocol == "paper":
-    if not 1 <= val_size < n:
-      raise ValueError(f"val_size={val_size} held-out examples leave no "
-                       f"training example of {n} to poison.")
-    heldout = keyed_choice(seed, _HELDOUT_STREAM, all_idx, val_size)
-    mask = np.ones(n, bool)
-    mask[heldout] = False
-    poison = np.flatnonzero(mask).astype(np.int64)
-    return Plan(n, min(bs, poison.shape[0]), protocol, val_size, seed,
-                poison, heldout)
-  if n < 2:
-    raise ValueError("Need at least 2 training examples: each block's "
-                     "validation fold comes from the other examples.")
-  if bs >= n:  # one block would leave no other example for its fold
-    bs = -(-n // 2)
-  if not 1 <= val_size <= n - bs:
-    raise ValueError(
-        f"val_size={val_size} cannot be drawn from the {n - bs} training "
-        f"examples outside a block of {bs}; use val_size <= {n - bs}.")
-  return Plan(n, bs, protocol, val_size, seed, all_idx, np.zeros(0, np.int64))
+  def stats(self, splits: Splits) -> Dict[str, Any]:
+    """Statistics of the result for the metadata (e.g. perturbation size)."""
+    del splits
+    return {}
 
 
 # ---------------------------------------------------------------------------
 # Fingerprints and checkpoints.
 
 
-def _jsonable(value):
-  if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
-    return str(value)
-  if isinstance(value, dict):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, np.generic):
-    return _jsonable(value.item())
-  return value
-
-
 def package_versions() -> Dict[str, str]:
   """Versions of the packages a generation depends on."""
   from importlib import metadata  # pylint: disable=g-import-not-at-top
   out = {}
-  for dist in ("ntga-tfds", "jax", "jaxlib", "neural-tangents", "numpy",
-               "tensorflow", "tensorflow-datasets"):
+  for dist in ("ntga-tfds", "jax", "jaxlib", "neural-tangents", "flax",
+               "optax", "numpy", "tensorflow", "tensorflow-datasets"):
     try:
       out[dist] = metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -280,83 +151,48 @@ def package_versions() -> Dict[str, str]:
 
 
 def transforms_source_sha256() -> str:
-  """Hash of the source files of `ntga_tfds.transforms`."""
+  """Hash of every source file of `ntga_tfds.transforms`: its Python
+  modules and its native sources (C++ and headers), in every subpackage."""
   from ntga_tfds import transforms  # pylint: disable=g-import-not-at-top
   h = hashlib.sha256()
   root = pathlib.Path(transforms.__file__).parent
-  for p in sorted(root.glob("*.py")):
-    h.update(p.name.encode())
+  files = [p for p in root.rglob("*")
+           if p.suffix in (".py", ".cc", ".h") and p.is_file()
+           and "__pycache__" not in p.parts]
+  for p in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+    h.update(p.relative_to(root).as_posix().encode())
+    h.update(b"\0")
     h.update(p.read_bytes())
   return h.hexdigest()
 
 
-def fingerprint_payload(*, attack: Attack, plan: Plan, data_sha256: str,
-                        num_classes: int) -> Dict[str, Any]:
+def fingerprint_payload(job: Job, *, data_sha256: str,
+                        implementation: Optional[Mapping[str, Any]] = None
+                        ) -> Dict[str, Any]:
+  """Everything that determines a job's output bytes."""
   import jax  # pylint: disable=g-import-not-at-top
   versions = package_versions()
   return {
       "format": FORMAT_VERSION,
-      "attack": attack.name,
-      "attack_config": attack.config_json(),
-      "plan": plan.to_json(),
-      "num_classes": int(num_classes),
+      "family": job.family,
+      "job": job.payload(),
       "data_sha256": data_sha256,
       "transforms_sha256": transforms_source_sha256(),
+      "implementation": dict(implementation or {}),
       "versions": {k: versions[k] for k in
-                   ("ntga-tfds", "jax", "jaxlib", "neural-tangents")},
+                   ("ntga-tfds", "jax", "jaxlib", "neural-tangents", "flax",
+                    "optax")},
       "jax_backend": jax.default_backend(),
   }
 
 
-def fingerprint(payload: Dict[str, Any]) -> str:
-  text = json.dumps(_jsonable(payload), sort_keys=True)
-  return hashlib.sha256(text.encode()).hexdigest()[:24]
+def fingerprint(payload: Mapping[str, Any]) -> str:
+  return sha256_json(payload)[:24]
 
 
-class CheckpointStore:
-  """Finished blocks of one generation, under a fingerprinted directory."""
-
-  def __init__(self, root, payload: Dict[str, Any]):
-    self.fingerprint = fingerprint(payload)
-    self.directory = pathlib.Path(os.fspath(root)) / self.fingerprint
-    self.directory.mkdir(parents=True, exist_ok=True)
-    manifest = self.directory / "manifest.json"
-    if not manifest.exists():
-      _atomic_write(manifest, json.dumps(_jsonable(payload), indent=2,
-                                         sort_keys=True).encode())
-
-  def path(self, b: int) -> pathlib.Path:
-    return self.directory / f"block_{b:06d}.npy"
-
-  def load(self, b: int, shape) -> Optional[np.ndarray]:
-    """The finished block `b`, or None (missing or unreadable)."""
-    p = self.path(b)
-    if not p.exists():
-      return None
-    try:
-      with open(p, "rb") as f:
-        arr = np.load(f, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-      return None
-    if arr.dtype != np.uint8 or arr.shape != tuple(shape):
-      return None
-    return arr
-
-  def save(self, b: int, arr: np.ndarray) -> None:
-    buf = _npy_bytes(np.ascontiguousarray(arr, np.uint8))
-    _atomic_write(self.path(b), buf)
-
-  def remove(self) -> None:
-    if self.directory.exists():
-      for p in self.directory.iterdir():
-        p.unlink()
-      self.directory.rmdir()
-
-
-def _npy_bytes(arr: np.ndarray) -> bytes:
-  import io  # pylint: disable=g-import-not-at-top
+def _npz_bytes(arrays: Arrays) -> bytes:
   bio = io.BytesIO()
-  np.save(bio, arr, allow_pickle=False)
+  np.savez(bio, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
   return bio.getvalue()
 
 
@@ -368,6 +204,71 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def _read_npz(path: pathlib.Path) -> Optional[Arrays]:
+  if not path.exists():
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      return {k: z[k] for k in z.files}
+  except (OSError, ValueError, EOFError, KeyError):
+    return None
+
+
+class CheckpointStore:
+  """Finished units and shared inputs of one job, in a fingerprinted folder."""
+
+  def __init__(self, root, payload: Mapping[str, Any]):
+    self.fingerprint = fingerprint(payload)
+    self.directory = pathlib.Path(os.fspath(root)) / self.fingerprint
+    self.directory.mkdir(parents=True, exist_ok=True)
+    manifest = self.directory / "manifest.json"
+    if not manifest.exists():
+      _atomic_write(manifest, json.dumps(jsonable(payload), indent=2,
+                                         sort_keys=True).encode())
+
+  def path(self, u: int) -> pathlib.Path:
+    return self.directory / f"unit_{u:06d}.npz"
+
+  def load(self, u: int) -> Optional[Arrays]:
+    """Unit `u`'s arrays, or None (missing or unreadable)."""
+    return _read_npz(self.path(u))
+
+  def save(self, u: int, arrays: Arrays) -> None:
+    _atomic_write(self.path(u), _npz_bytes(arrays))
+
+  def shared_path(self, name: str) -> pathlib.Path:
+    return self.directory / f"shared_{name}.npz"
+
+  def remove(self) -> None:
+    if self.directory.exists():
+      for p in self.directory.iterdir():
+        p.unlink()
+      self.directory.rmdir()
+
+
+class SharedCache:
+  """Shared inputs of a job (e.g. a trained surrogate's parameters), computed
+  once per fingerprint: `get(name, compute)` returns the cached arrays or
+  computes, stores and returns them. Without a store it only computes."""
+
+  def __init__(self, store: Optional[CheckpointStore]):
+    self._store = store
+    self.computed: List[str] = []
+    self.resumed: List[str] = []
+
+  def get(self, name: str, compute: Callable[[], Arrays]) -> Arrays:
+    if self._store is not None:
+      done = _read_npz(self._store.shared_path(name))
+      if done is not None:
+        self.resumed.append(name)
+        return done
+    arrays = {k: np.asarray(v) for k, v in compute().items()}
+    if self._store is not None:
+      _atomic_write(self._store.shared_path(name), _npz_bytes(arrays))
+    self.computed.append(name)
+    return arrays
 
 
 # ---------------------------------------------------------------------------
@@ -386,6 +287,9 @@ def perturbation_stats(clean: np.ndarray, poisoned: np.ndarray,
   if clean.shape != poisoned.shape:
     raise ValueError(f"shapes differ: {clean.shape} vs {poisoned.shape}")
   n = clean.shape[0]
+  if n == 0:
+    return {"linf_max_levels": 0, "linf_max": 0.0, "l2_mean": 0.0,
+            "l2_max": 0.0, "psnr_db": None, "changed_pixel_fraction": 0.0}
   linf, l2_sum, l2_max, sq_sum, changed = 0, 0.0, 0.0, 0.0, 0
   for s in range(0, n, chunk):
     d = (poisoned[s:s + chunk].astype(np.int16)
@@ -411,30 +315,34 @@ def perturbation_stats(clean: np.ndarray, poisoned: np.ndarray,
 
 
 # ---------------------------------------------------------------------------
-# Generation.
+# Running a job.
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class GenerationResult:
-  """What `generate` produced.
+class Result:
+  """What `run` produced.
 
   Attributes:
-    images: uint8 poisoned images, aligned with `plan.poison_indices`.
-    plan: the plan used.
-    stats: `perturbation_stats` of the poisoned examples.
+    splits: split -> columns (`image`, `label`, `index`, `key`, extras).
+    outputs: every unit's arrays, in order.
+    stats: `Job.stats` of the splits.
     seconds: wall time of this call.
-    blocks_resumed: blocks read back from checkpoints.
-    blocks_computed: blocks computed by this call.
+    units_resumed: units read back from checkpoints.
+    units_computed: units computed by this call.
+    shared_resumed, shared_computed: names of shared inputs read back /
+      computed.
     fingerprint: the checkpoint fingerprint.
-    checkpoint_dir: where the blocks were checkpointed (None if not).
+    checkpoint_dir: where the units were checkpointed (None if not).
     generated_at: UTC ISO time when this call finished.
   """
-  images: np.ndarray
-  plan: Plan
+  splits: Splits
+  outputs: List[Arrays]
   stats: Dict[str, Any]
   seconds: float
-  blocks_resumed: int
-  blocks_computed: int
+  units_resumed: int
+  units_computed: int
+  shared_resumed: List[str]
+  shared_computed: List[str]
   fingerprint: str
   checkpoint_dir: Optional[str]
   generated_at: str
@@ -446,120 +354,102 @@ def _progress(total, desc, enabled, **kwargs):
               **kwargs)
 
 
-def generate(x_train: np.ndarray, y_train: np.ndarray, *, attack: Attack,
-             num_classes: int, seed: int = 0, protocol: str = "all_train",
-             val_size: Optional[int] = None, checkpoint_dir=None,
-             data_sha256: Optional[str] = None,
-             progress: Optional[bool] = None,
-             on_block: Optional[Callable[[int, int], None]] = None
-             ) -> GenerationResult:
-  """Poisons `x_train` block by block (see the module doc for the plan).
+def run(job: Job, *, data_sha256: str, checkpoint_dir=None,
+        implementation: Optional[Mapping[str, Any]] = None,
+        progress: Optional[bool] = None,
+        on_unit: Optional[Callable[[int, int], None]] = None,
+        stop_after: Optional[int] = None) -> Result:
+  """Computes (or resumes) every unit of `job` and assembles its splits.
 
   Args:
-    x_train: `(n, h, w, c)` uint8 clean training images.
-    y_train: `(n,)` integer labels.
-    attack: from `ntga_attack` / `random_noise_attack`.
-    num_classes: number of classes.
-    seed: PRNG seed (keys and validation folds).
-    protocol: "all_train" or "paper".
-    val_size: validation examples per block; default `default_val_size(n)`.
-    checkpoint_dir: where finished blocks are kept (under a fingerprinted
+    job: the work (`ntga_tfds.plans`).
+    data_sha256: hash of the clean data the job reads.
+    checkpoint_dir: where finished units are kept (under a fingerprinted
       subdirectory); None: no checkpoints.
-    data_sha256: hash of (x_train, y_train) if already known.
-    progress: show tqdm bars for blocks and optimiser steps; default: yes
-      unless the environment sets NTGA_TFDS_PROGRESS=0.
-    on_block: called as `on_block(b, num_blocks)` after block `b` is
-      finished (and checkpointed).
+    implementation: which code computes the attack (the family's
+      `implementation()`), part of the fingerprint.
+    progress: tqdm bars for units and optimiser steps; default: yes unless
+      the environment sets NTGA_TFDS_PROGRESS=0.
+    on_unit: called as `on_unit(u, num_units)` after unit `u` is finished
+      (and checkpointed).
+    stop_after: compute at most this many units, then raise `Interrupted`
+      (to test resuming; the finished units stay checkpointed).
 
   Returns:
-    `GenerationResult`.
+    `Result`.
   """
-  import jax  # pylint: disable=g-import-not-at-top
   start = time.time()
   if progress is None:
     progress = os.environ.get("NTGA_TFDS_PROGRESS", "1") != "0"
-  x_train = np.asarray(x_train)
-  y_train = np.asarray(y_train)
-  if x_train.dtype != np.uint8:
-    raise ValueError(f"x_train must be uint8, got {x_train.dtype}.")
-  if y_train.shape != (x_train.shape[0],):
-    raise ValueError(f"y_train has shape {y_train.shape}; expected "
-                     f"({x_train.shape[0]},).")
-  plan = make_plan(x_train.shape[0], block_size=attack.block_size,
-                   protocol=protocol, val_size=val_size, seed=seed,
-                   uses_validation=attack.uses_validation)
-  if data_sha256 is None:
-    from ntga_tfds import sources  # pylint: disable=g-import-not-at-top
-    data_sha256 = sources.content_sha256(x_train, y_train)
-  payload = fingerprint_payload(attack=attack, plan=plan,
-                                data_sha256=data_sha256,
-                                num_classes=num_classes)
+  payload = fingerprint_payload(job, data_sha256=data_sha256,
+                                implementation=implementation)
   store = (CheckpointStore(checkpoint_dir, payload)
            if checkpoint_dir is not None else None)
   fp = store.fingerprint if store else fingerprint(payload)
-  out = np.empty((plan.poison_indices.shape[0],) + x_train.shape[1:],
-                 np.uint8)
-  key = jax.random.PRNGKey(seed)
+  cache = SharedCache(store)
+  outputs: List[Arrays] = []
   resumed = computed = 0
-  blocks_bar = _progress(plan.num_blocks, f"{attack.name} blocks", progress,
-                         unit="block")
+  prepared = False
+  bar = _progress(job.num_units, f"{job.family} {job.unit_noun}s", progress,
+                  unit=job.unit_noun)
   try:
-    for b in range(plan.num_blocks):
-      sl = plan.block_slice(b)
-      idx = plan.block(b)
-      done = store.load(b, (idx.shape[0],) + x_train.shape[1:]) if store \
-          else None
-      if done is not None:
-        out[sl] = done
+    for u in range(job.num_units):
+      done = store.load(u) if store else None
+      if done is not None and job.check_unit(u, done) is None:
+        outputs.append(done)
         resumed += 1
-        blocks_bar.set_postfix(resumed=resumed)
-        blocks_bar.update(1)
+        bar.set_postfix(resumed=resumed)
+        bar.update(1)
         continue
-      val = plan.validation(b)
-      steps_bar = _progress(attack.steps_per_block, f"block {b} steps",
-                            progress and attack.steps_per_block > 0,
-                            leave=False, unit="step")
+      if stop_after is not None and computed >= stop_after:
+        raise Interrupted(f"stopped after {computed} units (stop_after)")
+      if not prepared:
+        job.prepare(cache)
+        prepared = True
+      steps = _progress(job.steps_per_unit, f"{job.unit_noun} {u} steps",
+                        progress and job.steps_per_unit > 0, leave=False,
+                        unit="step")
 
-      def on_step(step, loss, _bar=steps_bar):
+      def on_step(step, loss, _bar=steps):
         del step
         _bar.set_postfix(loss=f"{loss:.4f}")
         _bar.update(1)
 
       try:
-        block = attack.fn(x_train[idx], y_train[idx], x_val=x_train[val],
-                          y_val=y_train[val],
-                          key=jax.random.fold_in(key, b),
-                          num_classes=num_classes, on_step=on_step)
+        out = job.run_unit(u, outputs, on_step=on_step)
       finally:
-        steps_bar.close()
-      block = np.asarray(block)
-      if block.dtype != np.uint8 or block.shape != (idx.shape[0],) + \
-          x_train.shape[1:]:
-        raise RuntimeError(
-            f"{attack.name} returned {block.dtype} {block.shape} for a "
-            f"block of shape {(idx.shape[0],) + x_train.shape[1:]}.")
-      out[sl] = block
+        steps.close()
+      out = {k: np.asarray(v) for k, v in out.items()}
+      problem = job.check_unit(u, out)
+      if problem is not None:
+        raise RuntimeError(f"{job.family} {job.unit_noun} {u}: {problem}")
+      outputs.append(out)
       computed += 1
       if store:
-        store.save(b, block)
-      blocks_bar.update(1)
-      if on_block is not None:
-        on_block(b, plan.num_blocks)
+        store.save(u, out)
+      bar.update(1)
+      if on_unit is not None:
+        on_unit(u, job.num_units)
   finally:
-    blocks_bar.close()
-  stats = perturbation_stats(x_train[plan.poison_indices], out)
-  return GenerationResult(
-      images=out, plan=plan, stats=stats, seconds=time.time() - start,
-      blocks_resumed=resumed, blocks_computed=computed, fingerprint=fp,
+    bar.close()
+  splits = job.assemble(outputs)
+  return Result(
+      splits=splits, outputs=outputs, stats=job.stats(splits),
+      seconds=time.time() - start, units_resumed=resumed,
+      units_computed=computed, shared_resumed=list(cache.resumed),
+      shared_computed=list(cache.computed), fingerprint=fp,
       checkpoint_dir=str(store.directory) if store else None,
       generated_at=datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec="seconds"))
 
 
+class Interrupted(RuntimeError):
+  """`run` stopped early on purpose (`stop_after`)."""
+
+
 __all__ = [
-    "Attack", "ntga_attack", "random_noise_attack", "make_attack", "Plan",
-    "make_plan", "default_val_size", "keyed_choice", "CheckpointStore",
+    "Job", "run", "Result", "Interrupted", "CheckpointStore", "SharedCache",
     "fingerprint_payload", "fingerprint", "perturbation_stats",
-    "package_versions", "transforms_source_sha256", "GenerationResult",
-    "generate",
+    "package_versions", "transforms_source_sha256", "jsonable",
+    "sha256_json",
 ]

@@ -14,7 +14,9 @@ Routes, in order:
   Fashion-MNIST idx files (checked against TFDS's registered sha256 when they
   hold the official number of examples), CIFAR-10's binary batches (the
   extracted `cifar-10-batches-bin/` directory or the `cifar-10-binary.tar.gz`
-  archive), an ImageNet folder for `imagenet2`. Nothing is ever unpickled. A
+  archive), an ImageNet folder for `imagenet_bulbul_jellyfish` (the NTGA
+  paper's two ImageNet classes, bulbul vs jellyfish; `imagenet2`, its old
+  name, still works). Nothing is ever unpickled. A
   missing or malformed file raises `SourceError` naming what was expected and
   where.
 * otherwise, for sources TFDS knows (`mnist`, `fashion_mnist`, `cifar10`, and
@@ -446,7 +448,8 @@ def resize_center_crop(img, side: int = IMAGENET2_SIDE) -> np.ndarray:
 
 
 def _find_imagenet_root(manual_dir: pathlib.Path) -> Optional[pathlib.Path]:
-  for r in (manual_dir, manual_dir / "imagenet2", manual_dir / "imagenet",
+  for r in (manual_dir, manual_dir / "imagenet_bulbul_jellyfish",
+            manual_dir / "imagenet2", manual_dir / "imagenet",
             manual_dir / "ILSVRC2012"):
     if (r / "train" / IMAGENET2_WNIDS[0]).is_dir():
       return r
@@ -461,20 +464,21 @@ def _read_imagenet2(manual_dir, split, verify_checksums=True):
   folder = {"train": "train", "test": "val"}[split]
   if root is None:
     raise MissingSourceError(
-        f"imagenet2: no train/{IMAGENET2_WNIDS[0]}/ folder in {manual_dir} "
-        "(also looked in imagenet2/, imagenet/, ILSVRC2012/). "
+        f"imagenet_bulbul_jellyfish: no train/{IMAGENET2_WNIDS[0]}/ folder "
+        f"in {manual_dir} (also looked in imagenet_bulbul_jellyfish/, "
+        "imagenet2/, imagenet/, ILSVRC2012/). "
         + IMAGENET2_LAYOUT)
   images, labels = [], []
   for label, wnid in enumerate(IMAGENET2_WNIDS):
     d = root / folder / wnid
     if not d.is_dir():
       raise MissingSourceError(
-          f"imagenet2/{split}: {d} is missing. " + IMAGENET2_LAYOUT)
+          f"imagenet_bulbul_jellyfish/{split}: {d} is missing. " + IMAGENET2_LAYOUT)
     files = sorted(p for p in d.iterdir()
                    if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
     if not files:
       raise MissingSourceError(
-          f"imagenet2/{split}: no .JPEG files in {d}. " + IMAGENET2_LAYOUT)
+          f"imagenet_bulbul_jellyfish/{split}: no .JPEG files in {d}. " + IMAGENET2_LAYOUT)
     for p in files:
       try:
         with Image.open(p) as img:
@@ -530,16 +534,21 @@ SOURCES = {
             f" batches.meta.txt) or {_CIFAR_ARCHIVE}, in manual_dir or "
             "manual_dir/cifar10/"),
         reader=_read_cifar10),
-    "imagenet2": SourceSpec(
-        name="imagenet2", image_shape=(IMAGENET2_SIDE, IMAGENET2_SIDE, 3),
+    "imagenet_bulbul_jellyfish": SourceSpec(
+        name="imagenet_bulbul_jellyfish", image_shape=(IMAGENET2_SIDE, IMAGENET2_SIDE, 3),
         class_names=("bulbul", "jellyfish"), tfds_name=None,
         homepage="https://image-net.org/",
         manual_layout=IMAGENET2_LAYOUT, reader=_read_imagenet2),
 }
 
 
+# Old source names that still work.
+ALIASES = {"imagenet2": "imagenet_bulbul_jellyfish"}
+
+
 def source_spec(name: str) -> SourceSpec:
   """The `SourceSpec` of a known source, or one derived from a TFDS dataset."""
+  name = ALIASES.get(name, name)
   if name in SOURCES:
     return SOURCES[name]
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -560,6 +569,7 @@ def source_spec(name: str) -> SourceSpec:
 
 def has_manual_files(name: str, manual_dir) -> bool:
   """Whether `manual_dir` seems to hold `name`'s offline files."""
+  name = ALIASES.get(name, name)
   spec = source_spec(name)
   if spec.reader is None or manual_dir is None:
     return False
@@ -570,7 +580,7 @@ def has_manual_files(name: str, manual_dir) -> bool:
     return _find_file(d, _MNIST_FILES["train"][0], (name,)) is not None
   if name == "cifar10":
     return _find_cifar(d)[0] is not None
-  if name == "imagenet2":
+  if name == "imagenet_bulbul_jellyfish":
     return _find_imagenet_root(d) is not None
   return False
 
@@ -616,7 +626,7 @@ def load_source(name: str, split: str, *, data_dir=None, manual_dir=None,
 
   Args:
     name: a key of `SOURCES` ("digits", "mnist", "fashion_mnist", "cifar10",
-      "imagenet2") or another TFDS image classification dataset.
+      "imagenet_bulbul_jellyfish") or another TFDS image classification dataset.
     split: "train" or "test".
     data_dir: TFDS data_dir for the online route.
     manual_dir: read the files from here, offline (see `SOURCES[name]
@@ -636,6 +646,7 @@ def load_source(name: str, split: str, *, data_dir=None, manual_dir=None,
   """
   if split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+  name = ALIASES.get(name, name)
   spec = source_spec(name)
   if manual_dir is None and download_config is not None:
     manual_dir = getattr(download_config, "manual_dir", None)
@@ -663,7 +674,7 @@ def load_source(name: str, split: str, *, data_dir=None, manual_dir=None,
 
 __all__ = [
     "SOURCES", "SPLITS", "SourceSpec", "SourceData", "SourceError",
-    "MissingSourceError", "load_source", "source_spec", "canonical_order",
+    "MissingSourceError", "ALIASES", "load_source", "source_spec", "canonical_order",
     "content_sha256", "has_manual_files", "manual_instructions", "parse_idx",
     "parse_cifar10_batch", "digits_split_indices", "resize_center_crop",
     "tfds_registered_checksums",

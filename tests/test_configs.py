@@ -6,27 +6,33 @@ import pytest
 import tensorflow_datasets as tfds
 
 import ntga_tfds
-from ntga_tfds import configs
+from ntga_tfds import families
+from ntga_tfds.families import ntga as ntga_family
+from ntga_tfds.families import random_noise as noise_family
 from ntga_tfds.transforms import ntga
-from ntga_tfds.transforms import pgd
+from ntga_tfds.transforms.common import pgd
 from ntga_tfds.transforms import random_noise
+
+NTGA = families.get("ntga")
+NOISE = families.get("random_noise")
 
 
 @pytest.mark.parametrize("name, parts", [
-    ("eps8_t64", dict(eps_levels=8, t=64.0, surrogate="fnn",
+    ("eps8_t64", dict(eps=8 / 255, t=64.0, surrogate="fnn",
                       protocol="all_train")),
-    ("cnn_eps76_t1", dict(eps_levels=76, t=1.0, surrogate="cnn",
+    ("cnn_eps76_t1", dict(eps=76 / 255, t=1.0, surrogate="cnn",
                           protocol="all_train")),
-    ("eps8_tinf", dict(eps_levels=8, t=math.inf, surrogate="fnn",
+    ("eps8_tinf", dict(eps=8 / 255, t=math.inf, surrogate="fnn",
                        protocol="all_train")),
-    ("eps4_t0p5", dict(eps_levels=4, t=0.5, surrogate="fnn",
+    ("eps4_t0p5", dict(eps=4 / 255, t=0.5, surrogate="fnn",
                        protocol="all_train")),
-    ("cnn_eps8_t4096_paper", dict(eps_levels=8, t=4096.0, surrogate="cnn",
+    ("cnn_eps8_t4096_paper", dict(eps=8 / 255, t=4096.0, surrogate="cnn",
                                   protocol="paper")),
 ])
 def test_ntga_name_grammar_round_trips(name, parts):
-  assert configs.parse_ntga_name(name) == parts
-  assert configs.format_ntga_name(**parts) == name
+  assert NTGA.parse_name(name) == parts
+  assert NTGA.format_name(parts) == name
+  assert NTGA.config(name).name == name
 
 
 @pytest.mark.parametrize("bad", [
@@ -34,34 +40,35 @@ def test_ntga_name_grammar_round_trips(name, parts):
     "EPS8_t64", "eps8_t64_paper_x", "eps08_t64", "eps8_t64_extra"])
 def test_bad_ntga_names_are_rejected_with_the_grammar(bad):
   with pytest.raises(ValueError, match=r"\[cnn_\]eps\{k\}_t\{t\}"):
-    configs.parse_ntga_name(bad)
+    NTGA.parse_name(bad)
 
 
 def test_eps_levels_must_leave_room_below_255():
   with pytest.raises(ValueError, match="1..254"):
-    configs.parse_ntga_name("eps255_t64")
+    NTGA.parse_name("eps255_t64")
 
 
 def test_noise_name_grammar():
-  assert configs.parse_noise_name("eps8") == dict(eps_levels=8,
-                                                  distribution="uniform")
-  assert configs.parse_noise_name("eps76_sign") == dict(
-      eps_levels=76, distribution="sign")
-  assert configs.format_noise_name(eps_levels=25) == "eps25"
+  assert NOISE.parse_name("eps8") == dict(eps=8 / 255,
+                                          distribution="uniform")
+  assert NOISE.parse_name("eps76_sign") == dict(eps=76 / 255,
+                                                distribution="sign")
+  assert NOISE.format_name(dict(eps=25 / 255,
+                                distribution="uniform")) == "eps25"
   with pytest.raises(ValueError, match="eps"):
-    configs.parse_noise_name("eps8_t64")
+    NOISE.parse_name("eps8_t64")
 
 
 def test_grammar_config_builds_the_transform_config_it_names():
-  cfg = configs.ntga_config("cnn_eps76_t1")
-  attack = cfg.attack_config()
+  cfg = NTGA.config("cnn_eps76_t1")
+  attack = cfg.attack
   assert isinstance(attack, ntga.NTGAConfig)
   assert attack.surrogate == "cnn" and attack.t == 1.0
   assert pgd.levels(attack.eps) == 76
   # The defaults of everything else are the transform's own.
   assert attack.nb_iter == ntga.NTGAConfig().nb_iter
   assert attack.block_size == ntga.NTGAConfig().block_size
-  noise = configs.random_noise_config("eps8_sign").attack_config()
+  noise = NOISE.config("eps8_sign").attack
   assert isinstance(noise, random_noise.RandomNoiseConfig)
   assert pgd.levels(noise.eps) == 8 and noise.distribution == "sign"
 
@@ -75,48 +82,47 @@ def test_paper_eps_values_map_to_the_named_levels():
 
 
 def test_named_grids_cover_the_papers_released_settings():
-  names = {src: [c.name for c in configs.named_ntga_configs(src)]
-           for src in configs.NTGA_GRID}
+  names = {src: [c.name for c in NTGA.named_configs(src)]
+           for src in NTGA.grid}
   assert {"eps76_t64", "cnn_eps76_t64", "eps76_t1",
           "cnn_eps76_t1"} <= set(names["mnist"])
   assert {"eps8_t64", "eps8_t4096", "cnn_eps8_t8", "eps8_t1",
           "cnn_eps8_t1"} <= set(names["cifar10"])
-  assert {"eps25_t1"} <= set(names["imagenet2"])
+  assert {"eps25_t1"} <= set(names["imagenet_bulbul_jellyfish"])
   for src, cfgs in names.items():
     for name in cfgs:  # every named config is a grammar name ...
-      configs.parse_ntga_name(name)
+      NTGA.parse_name(name)
     assert len(set(cfgs)) == len(cfgs)
-  paper = [c for c in configs.named_ntga_configs("mnist")
+  paper = [c for c in NTGA.named_configs("mnist")
            if c.name == "eps76_t64"][0]
   assert "0.3" in paper.description and "paper" in paper.description
 
 
 def test_options_outside_the_grammar_get_a_distinct_name():
-  base = configs.ntga_config("eps8_t64")
-  more = configs.ntga_config("eps8_t64", nb_iter=20)
-  seeded = configs.ntga_config("eps8_t64", seed=1)
+  base = NTGA.config("eps8_t64")
+  more = NTGA.config("eps8_t64", nb_iter=20)
+  seeded = NTGA.config("eps8_t64", seed=1)
   assert base.name == "eps8_t64"
   assert more.name.startswith("eps8_t64_x") and seeded.name.startswith(
       "eps8_t64_x")
   assert len({base.name, more.name, seeded.name}) == 3
-  assert more.attack_config().nb_iter == 20
+  assert more.attack.nb_iter == 20
   # Deterministic: the same options give the same name.
-  assert configs.ntga_config("eps8_t64", nb_iter=20).name == more.name
+  assert NTGA.config("eps8_t64", nb_iter=20).name == more.name
 
 
 def test_a_grammar_name_must_carry_its_settings():
   with pytest.raises(ValueError, match="denotes"):
-    configs.NTGABuilderConfig(
+    ntga_family.NTGABuilderConfig(
         name="eps8_t64",
-        attack_params=dict(eps=8 / 255, t=64.0, surrogate="fnn", nb_iter=3))
+        attack=dict(eps=8 / 255, t=64.0, surrogate="fnn", nb_iter=3))
   with pytest.raises(ValueError, match="denotes"):
-    configs.ntga_config("eps8_t64", name="eps8_t64", seed=3)
+    NTGA.config("eps8_t64", name="eps8_t64", seed=3)
   with pytest.raises(ValueError, match="denotes"):
-    configs.RandomNoiseBuilderConfig(
-        name="eps8", attack_params=dict(eps=4 / 255,
-                                        distribution="uniform"))
+    noise_family.RandomNoiseBuilderConfig(
+        name="eps8", attack=dict(eps=4 / 255, distribution="uniform"))
   # A non-grammar name can carry anything.
-  custom = configs.ntga_config("eps8_t64", name="my_run", nb_iter=3)
+  custom = NTGA.config("eps8_t64", name="my_run", nb_iter=3)
   assert custom.name == "my_run"
 
 
@@ -128,18 +134,25 @@ def test_a_grammar_name_must_carry_its_settings():
 ])
 def test_invalid_options_are_rejected(kwargs, match):
   with pytest.raises(ValueError, match=match):
-    configs.NTGABuilderConfig(name="custom", attack_params={}, **kwargs)
+    ntga_family.NTGABuilderConfig(name="custom", **kwargs)
 
 
-def test_invalid_attack_settings_are_rejected_by_the_transform():
+def test_invalid_attack_settings_are_rejected_when_the_config_is_made():
   with pytest.raises(ValueError, match="loss"):
-    configs.ntga_config("eps8_t64", loss="hinge").attack_config()
+    NTGA.config("eps8_t64", loss="hinge")
+  with pytest.raises(ValueError, match="nb_iter"):
+    ntga_family.NTGABuilderConfig(name="custom", attack=dict(nb_iter=0))
+  with pytest.raises(ValueError, match="NTGAConfig"):
+    ntga_family.NTGABuilderConfig(
+        name="custom", attack=random_noise.RandomNoiseConfig())
 
 
-def test_random_noise_has_no_paper_protocol():
+def test_unknown_settings_are_named_with_the_allowed_ones():
+  with pytest.raises(ValueError, match=r"Unknown ntga settings \['nb_iters'\]"
+                     ".*nb_iter"):
+    NTGA.config("eps8_t64", nb_iters=20)
   with pytest.raises(ValueError, match="protocol"):
-    configs.RandomNoiseBuilderConfig(name="custom", attack_params={},
-                                     protocol="paper")
+    NOISE.config("eps8", protocol="paper")  # the control has no protocol
 
 
 def test_every_builder_registers_and_resolves_configs(tmp_path):
@@ -157,6 +170,7 @@ def test_card_example_config_exists_for_cifar10(tmp_path):
   builder = tfds.builder("cifar10_ntga/eps8_t64", data_dir=tmp_path)
   assert builder.builder_config.name == "eps8_t64"
   assert set(builder.info.features) == {"image", "label", "index"}
+  assert builder.info.homepage == NTGA.homepage
   assert builder.info.features["image"].shape == (32, 32, 3)
 
 
@@ -165,11 +179,11 @@ def test_any_grammar_name_resolves_without_being_named(tmp_path):
                          data_dir=tmp_path)
   cfg = builder.builder_config
   assert cfg.protocol == "paper"
-  assert cfg.attack_config().surrogate == "cnn"
-  assert math.isinf(cfg.attack_config().t)
+  assert cfg.attack.surrogate == "cnn"
+  assert math.isinf(cfg.attack.t)
   assert builder.data_dir.endswith("cnn_eps16_tinf_paper/1.0.0")
   noise = tfds.builder("cifar10_random_noise/eps4_sign", data_dir=tmp_path)
-  assert noise.builder_config.attack_config().distribution == "sign"
+  assert noise.builder_config.attack.distribution == "sign"
 
 
 def test_unknown_config_name_explains_the_grammar(tmp_path):
@@ -178,15 +192,33 @@ def test_unknown_config_name_explains_the_grammar(tmp_path):
 
 
 def test_config_objects(tmp_path):
-  cfg = configs.ntga_config("eps8_t64", nb_iter=3, seed=2)
+  cfg = NTGA.config("eps8_t64", nb_iter=3, seed=2)
   builder = tfds.builder("cifar10_ntga", config=cfg, data_dir=tmp_path)
   assert builder.builder_config is cfg
   # An equal copy of a named config resolves to the named one.
-  copy = configs.ntga_config("eps8_t4096")
+  copy = NTGA.config("eps8_t4096")
   assert tfds.builder("cifar10_ntga", config=copy,
                       data_dir=tmp_path).builder_config.name == "eps8_t4096"
   with pytest.raises(ValueError, match="RandomNoiseBuilderConfig"):
     tfds.builder("cifar10_random_noise", config=cfg, data_dir=tmp_path)
+
+
+def test_old_names_still_load(tmp_path):
+  builder = tfds.builder("imagenet2_ntga/eps25_t1", data_dir=tmp_path)
+  assert builder.name == "imagenet_bulbul_jellyfish_ntga"
+  from ntga_tfds import sources
+  assert sources.source_spec("imagenet2").name == "imagenet_bulbul_jellyfish"
+
+
+def test_hashed_names_are_stable():
+  # Recorded at commit decf222 (before the families refactor): the same
+  # settings keep the same dataset directory.
+  assert NTGA.config("eps76_t64", max_train_examples=60,
+                     max_test_examples=20).name == "eps76_t64_x27d97c3f"
+  assert NOISE.config("eps8", max_train_examples=60,
+                      max_test_examples=20).name == "eps8_x27d97c3f"
+  assert NTGA.config("eps8_t64", nb_iter=20, seed=1).name == \
+      "eps8_t64_x18d8c0d7"
 
 
 def test_importing_the_package_is_light_and_transforms_import_alone():

@@ -7,9 +7,9 @@ import pytest
 from jax.experimental import enable_x64
 from neural_tangents import stax
 
-from ntga_tfds.transforms import _fastmath
-from ntga_tfds.transforms import _fnn_ntk
-from ntga_tfds.transforms import kernels
+from ntga_tfds.transforms.ntga import _fastmath
+from ntga_tfds.transforms.ntga import _fnn_ntk
+from ntga_tfds.transforms.ntga import kernels
 
 
 def _nt_fnn(depth):

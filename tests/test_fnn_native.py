@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ntga_tfds.transforms import _fnn_ntk
-from ntga_tfds.transforms import _native
-from ntga_tfds.transforms import kernels
+from ntga_tfds.transforms.ntga import _fnn_ntk
+from ntga_tfds.transforms.ntga import _native
+from ntga_tfds.transforms.ntga import kernels
 
 pytestmark = pytest.mark.skipif(
     not _fnn_ntk.native_available(),
@@ -152,7 +152,8 @@ def test_float64_inputs_use_pure_jax_and_native_refuses_them():
 
 def _step(digits, monkeypatch, native: bool):
   """The attack's float32 loss and gradient (Gram form, chunked)."""
-  from ntga_tfds.transforms import ntga, pgd  # pylint: disable=g-import-not-at-top
+  from ntga_tfds.transforms.common import pgd  # pylint: disable=g-import-not-at-top
+  from ntga_tfds.transforms.ntga import attack as ntga  # pylint: disable=g-import-not-at-top
   if not native:
     monkeypatch.setenv("NTGA_TFDS_NATIVE", "0")
   x, y = digits

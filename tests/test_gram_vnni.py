@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ntga_tfds.transforms import _gram
-from ntga_tfds.transforms import _native
+from ntga_tfds.transforms.ntga import _gram
+from ntga_tfds.transforms.ntga import _native
 
 pytestmark = pytest.mark.skipif(
     not _gram.available("vnni"),
@@ -188,7 +188,8 @@ def test_prepare_declines(monkeypatch):
 
 def _step(digits, vnni: bool):
   """The attack's loss and gradient; `val.op` set by `_validation_chunks`."""
-  from ntga_tfds.transforms import ntga, pgd  # pylint: disable=g-import-not-at-top
+  from ntga_tfds.transforms.common import pgd  # pylint: disable=g-import-not-at-top
+  from ntga_tfds.transforms.ntga import attack as ntga  # pylint: disable=g-import-not-at-top
   x, y = digits
   config = ntga.NTGAConfig(surrogate="fnn", eps=16 / 255, t=64.0,
                            val_chunk_size=23)

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from jax.experimental import enable_x64
 
-from ntga_tfds.transforms import _cnn_ntk
-from ntga_tfds.transforms import kernels
+from ntga_tfds.transforms.ntga import _cnn_ntk
+from ntga_tfds.transforms.ntga import kernels
 
 CASES = [  # (image_shape, strides, depth)
     ((28, 28, 1), 2, 2),

@@ -15,9 +15,16 @@ from jax.experimental import enable_x64
 import numpy as np
 import pytest
 
-from ntga_tfds.transforms import _cnn_ntk
-from ntga_tfds.transforms import _native
-from ntga_tfds.transforms import kernels
+from ntga_tfds.transforms.ntga import _cnn_ntk
+from ntga_tfds.transforms.ntga import _native
+from ntga_tfds.transforms.ntga import kernels
+
+# Tests that run the C++ kernel need a compiler and an x86-64 CPU; elsewhere
+# (no compiler, ARM, macOS) they are skipped with the build's reason, and the
+# pure-JAX kernel runs the attack (test_ntga's pure-JAX test).
+needs_native = pytest.mark.skipif(
+    not _cnn_ntk.native_available(),
+    reason=f"native CNN kernel unavailable: {_native.build_error('cnn_ntk')}")
 
 SPECS = [  # (image_shape, depth, strides, filter_shape)
     ((28, 28, 1), 2, 2, (5, 5)),   # MNIST: the 5x5, C=1 instance
@@ -67,6 +74,7 @@ def _case(shape, depth, strides, filter_shape):
   return spec, x1, x2, g, gs
 
 
+@needs_native
 @pytest.mark.parametrize("shape, depth, strides, filter_shape", SPECS)
 def test_native_equals_pure_jax(shape, depth, strides, filter_shape):
   spec, x1, x2, g, gs = _case(shape, depth, strides, filter_shape)
@@ -100,6 +108,7 @@ def _check_x2_gradient(image_shape, n1, n2, zero, seed):
       assert _rel(native[j], ref[j]) < 2e-6, j
 
 
+@needs_native
 def test_gradient_tiles_in_pairs_and_alone():
   """The x2 gradient contracts two x1 tiles per sweep (5 x 5, stride 2):
   40 x1 images are a pair of tiles and a last one alone; the cotangents
@@ -109,6 +118,7 @@ def test_gradient_tiles_in_pairs_and_alone():
       (slice(0, 16), 0), (slice(16, 32), 1), (slice(None), 2)])
 
 
+@needs_native
 def test_gradient_groups_of_tiles_and_images():
   """The x2 gradient runs (tile, image) pairs in groups of up to two tiles
   and two x2 images (5 x 5, stride 2): 27 x2 images make blocks of 3 (a
@@ -119,6 +129,7 @@ def test_gradient_groups_of_tiles_and_images():
       (slice(32, None), 7)])
 
 
+@needs_native
 def test_kernel_fn_default_is_native_on_cpu_and_nt_agrees():
   assert kernels.cnn_native_available()
   shape = (28, 28, 1)
@@ -134,6 +145,7 @@ def test_kernel_fn_default_is_native_on_cpu_and_nt_agrees():
   assert "ntga_cnn_ntk" in hlo
 
 
+@needs_native
 def test_disabled_native_falls_back_to_pure_jax(monkeypatch):
   shape = (9, 7, 1)
   spec = _cnn_ntk.CNNSpec(image_shape=shape)
@@ -178,6 +190,7 @@ def test_a_failed_build_is_reported_not_hidden(monkeypatch, tmp_path):
     _native.library_path("nope")
 
 
+@needs_native
 def test_build_goes_to_the_cache_dir_and_is_reused(monkeypatch, tmp_path):
   monkeypatch.setenv("NTGA_TFDS_CACHE_DIR", str(tmp_path))
   _native.library_path.cache_clear()
@@ -192,11 +205,14 @@ def test_build_goes_to_the_cache_dir_and_is_reused(monkeypatch, tmp_path):
     _native.library_path.cache_clear()
 
 
+@needs_native
 def test_ntga_step_with_the_native_kernel_matches_float64(digits):
   """The attack's chunked float32 step, on the native kernel, gives the loss
   and gradient of the unchunked float64 formula (pure JAX)."""
   from jax.experimental import enable_x64
-  from ntga_tfds.transforms import losses, ntga, pgd, predict
+  from ntga_tfds.transforms.common import losses, pgd  # pylint: disable=g-import-not-at-top
+  from ntga_tfds.transforms.ntga import attack as ntga  # pylint: disable=g-import-not-at-top
+  from ntga_tfds.transforms.ntga import gp as predict  # pylint: disable=g-import-not-at-top
   x, y = digits
   x, y, xv, yv = x[:12], y[:12], x[1000:1070], y[1000:1070]
   config = ntga.NTGAConfig(surrogate="cnn", eps=16 / 255, t=64.0,
@@ -230,6 +246,7 @@ def test_ntga_step_with_the_native_kernel_matches_float64(digits):
   assert np.mean(np.sign(grad)[big] == np.sign(want_grad)[big]) > 0.999
 
 
+@needs_native
 @pytest.mark.parametrize("shape, depth, strides, filter_shape", SPECS)
 def test_native_float32_is_close_to_float64(shape, depth, strides,
                                             filter_shape):

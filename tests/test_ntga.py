@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import threadpoolctl
 
-from ntga_tfds.transforms import kernels
-from ntga_tfds.transforms import losses
-from ntga_tfds.transforms import ntga
-from ntga_tfds.transforms import pgd
-from ntga_tfds.transforms import predict
+from ntga_tfds.transforms.ntga import kernels
+from ntga_tfds.transforms.common import losses
+from ntga_tfds.transforms.ntga import attack as ntga
+from ntga_tfds.transforms.common import pgd
+from ntga_tfds.transforms.ntga import gp as predict
 
 KEY = jax.random.PRNGKey(0)
 FAST = ntga.NTGAConfig(eps=16 / 255, t=64.0, nb_iter=4, block_size=48)

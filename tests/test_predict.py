@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from jax.experimental import enable_x64
 
-from ntga_tfds.transforms import kernels
-from ntga_tfds.transforms import predict
+from ntga_tfds.transforms.ntga import kernels
+from ntga_tfds.transforms.ntga import gp as predict
 
 
 def _problem(dtype, n_train=24, n_test=7, shape=(5, 5, 2), classes=3, seed=0):

@@ -1,7 +1,7 @@
-"""Data-poisoning attacks as pure JAX functions.
+"""Data-poisoning attacks as pure JAX functions: no files, no TensorFlow.
 
-One module per attack, each with the same conventions: a frozen config
-dataclass validated on construction, and
+One subpackage (or module) per attack, each with the same conventions: a
+frozen config dataclass validated on construction, and
 
   poison(x_train, y_train, *, key, config, ...) -> uint8 images
 
@@ -11,21 +11,28 @@ untouched.
 
 * `ntga`: Neural Tangent Generalization Attack (NTGA, B-NTGA).
 * `random_noise`: the control, uniform noise of the same L-inf size.
+* `common`: projections, quantisation within eps, input checks, losses.
 
-Building blocks: `kernels` (NTK surrogates), `predict` (differentiable GP
-mean), `losses`, `pgd` (projected ascent, projections, quantisation).
+Attacks are imported on first use (`from ntga_tfds.transforms import ntga`
+or `transforms.ntga`), so adding one is adding its folder: nothing here
+lists them.
 """
 
-from ntga_tfds.transforms import kernels
-from ntga_tfds.transforms import losses
-from ntga_tfds.transforms import ntga
-from ntga_tfds.transforms import pgd
-from ntga_tfds.transforms import predict
-from ntga_tfds.transforms import random_noise
-from ntga_tfds.transforms.ntga import NTGAConfig
-from ntga_tfds.transforms.random_noise import RandomNoiseConfig
+import importlib as _importlib
+import pkgutil as _pkgutil
 
-__all__ = [
-    "kernels", "losses", "ntga", "pgd", "predict", "random_noise",
-    "NTGAConfig", "RandomNoiseConfig",
-]
+
+def attacks():
+  """Names of the attack modules and subpackages in this package."""
+  return tuple(sorted(
+      m.name for m in _pkgutil.iter_modules(__path__)
+      if not m.name.startswith("_") and m.name != "common"))
+
+
+def __getattr__(name):
+  if name == "common" or name in attacks():
+    return _importlib.import_module(f"{__name__}.{name}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["attacks", "common"]

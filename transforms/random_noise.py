@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import numpy as np
 
-from ntga_tfds.transforms import _checks
-from ntga_tfds.transforms import pgd
+from ntga_tfds.transforms.common import checks as _checks
 
 DISTRIBUTIONS = ("uniform", "sign")
 
@@ -45,6 +43,8 @@ def poison(x_train, y_train=None, *, key,
   `y_train` is accepted for the common calling convention and only checked
   for length.
   """
+  import jax  # pylint: disable=g-import-not-at-top
+  from ntga_tfds.transforms.common import pgd  # pylint: disable=g-import-not-at-top
   if not isinstance(config, RandomNoiseConfig):
     raise ValueError(
         f"config must be a RandomNoiseConfig, got {type(config).__name__}.")

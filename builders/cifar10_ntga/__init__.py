@@ -1,0 +1,1 @@
+"""cifar10_ntga: CIFAR-10, training set poisoned by NTGA."""

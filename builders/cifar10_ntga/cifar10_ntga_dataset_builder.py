@@ -1,14 +1,11 @@
-"""cifar10_ntga: CIFAR-10, train split poisoned by NTGA.
+"""cifar10_ntga: CIFAR-10, training set poisoned by NTGA.
 
-The dataset card is README.md next to this file.
+The dataset card is README.md next to this file, rendered from the ntga
+family's template (`python builders/_make_folders.py`).
 """
 
-from ntga_tfds import configs
-from ntga_tfds import dataset_builder
+from ntga_tfds import families
 
 
-class Builder(dataset_builder.NTGABuilder):
-  """CIFAR-10, train split poisoned by NTGA."""
-
-  SOURCE = "cifar10"
-  BUILDER_CONFIGS = configs.named_ntga_configs("cifar10")
+class Builder(families.builder("cifar10", "ntga")):
+  """CIFAR-10, training set poisoned by NTGA."""

@@ -1,14 +1,11 @@
-"""cifar10_random_noise: CIFAR-10, train split with random noise.
+"""cifar10_random_noise: CIFAR-10, training set with random noise (the attacks' control).
 
-The dataset card is README.md next to this file.
+The dataset card is README.md next to this file, rendered from the random_noise
+family's template (`python builders/_make_folders.py`).
 """
 
-from ntga_tfds import configs
-from ntga_tfds import dataset_builder
+from ntga_tfds import families
 
 
-class Builder(dataset_builder.RandomNoiseBuilder):
-  """CIFAR-10, train split with random noise."""
-
-  SOURCE = "cifar10"
-  BUILDER_CONFIGS = configs.named_random_noise_configs("cifar10")
+class Builder(families.builder("cifar10", "random_noise")):
+  """CIFAR-10, training set with random noise (the attacks' control)."""

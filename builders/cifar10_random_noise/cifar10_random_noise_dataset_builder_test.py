@@ -1,18 +1,12 @@
-"""cifar10_random_noise on dummy data: a tiny cifar-10-batches-bin/.
+"""cifar10_random_noise: every named config built on its source's shared dummy data (builders/dummy_data/cifar10/)."""
 
-Every named config is built.
-"""
-
-import tensorflow_datasets as tfds
-
-from ntga_tfds.builders.cifar10_random_noise import (
-    cifar10_random_noise_dataset_builder)
+from ntga_tfds import testing
+from ntga_tfds.builders.cifar10_random_noise import cifar10_random_noise_dataset_builder
 
 
-class Cifar10RandomNoiseTest(tfds.testing.DatasetBuilderTestCase):
+class Cifar10RandomNoiseTest(testing.PoisonedBuilderTestCase):
   DATASET_CLASS = cifar10_random_noise_dataset_builder.Builder
-  SPLITS = {"train": 24, "test": 8}
 
 
 if __name__ == "__main__":
-  tfds.testing.test_main()
+  testing.main()

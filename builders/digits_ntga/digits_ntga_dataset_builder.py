@@ -1,14 +1,11 @@
-"""digits_ntga: scikit-learn's 8x8 digits, train split poisoned by NTGA.
+"""digits_ntga: scikit-learn's 8x8 digits, training set poisoned by NTGA.
 
-The dataset card is README.md next to this file.
+The dataset card is README.md next to this file, rendered from the ntga
+family's template (`python builders/_make_folders.py`).
 """
 
-from ntga_tfds import configs
-from ntga_tfds import dataset_builder
+from ntga_tfds import families
 
 
-class Builder(dataset_builder.NTGABuilder):
-  """scikit-learn's 8x8 digits, train split poisoned by NTGA."""
-
-  SOURCE = "digits"
-  BUILDER_CONFIGS = configs.named_ntga_configs("digits")
+class Builder(families.builder("digits", "ntga")):
+  """scikit-learn's 8x8 digits, training set poisoned by NTGA."""

@@ -1,34 +1,12 @@
-"""digits_ntga on small subsets of scikit-learn's digits (embedded, offline).
+"""digits_ntga: every named config built on small subsets of the real data (embedded, offline)."""
 
-Every named config is built on the first 60 training and 20 test examples of
-the canonical order (`max_train_examples`/`max_test_examples`, which give the
-config a distinct name); the digits need no dummy files.
-"""
-
-import tensorflow_datasets as tfds
-
-from ntga_tfds import configs
+from ntga_tfds import testing
 from ntga_tfds.builders.digits_ntga import digits_ntga_dataset_builder
 
-_SUBSET = dict(max_train_examples=60, max_test_examples=20)
 
-
-class DigitsNtgaTest(tfds.testing.DatasetBuilderTestCase):
+class DigitsNtgaTest(testing.PoisonedBuilderTestCase):
   DATASET_CLASS = digits_ntga_dataset_builder.Builder
-  SPLITS = {"train": 60, "test": 20}
-  BUILDER_CONFIG_NAMES_TO_TEST = [
-      configs.ntga_config(c.name, **_SUBSET)
-      for c in configs.named_ntga_configs("digits")
-  ]
-
-
-class DigitsNtgaPaperProtocolTest(tfds.testing.DatasetBuilderTestCase):
-  """The paper's protocol: 12 (= 60 // 5) clean held-out images."""
-  DATASET_CLASS = digits_ntga_dataset_builder.Builder
-  SPLITS = {"train": 48, "validation": 12, "test": 20}
-  BUILDER_CONFIG_NAMES_TO_TEST = [
-      configs.ntga_config("eps8_t64_paper", **_SUBSET)]
 
 
 if __name__ == "__main__":
-  tfds.testing.test_main()
+  testing.main()

@@ -1,15 +1,11 @@
-"""digits_random_noise: scikit-learn's 8x8 digits, train split with random
-noise.
+"""digits_random_noise: scikit-learn's 8x8 digits, training set with random noise (the attacks' control).
 
-The dataset card is README.md next to this file.
+The dataset card is README.md next to this file, rendered from the random_noise
+family's template (`python builders/_make_folders.py`).
 """
 
-from ntga_tfds import configs
-from ntga_tfds import dataset_builder
+from ntga_tfds import families
 
 
-class Builder(dataset_builder.RandomNoiseBuilder):
-  """scikit-learn's 8x8 digits, train split with random noise."""
-
-  SOURCE = "digits"
-  BUILDER_CONFIGS = configs.named_random_noise_configs("digits")
+class Builder(families.builder("digits", "random_noise")):
+  """scikit-learn's 8x8 digits, training set with random noise (the attacks' control)."""

@@ -1,0 +1,1 @@
+"""fashion_mnist_ntga: Fashion-MNIST, training set poisoned by NTGA."""

@@ -1,14 +1,11 @@
-"""fashion_mnist_ntga: Fashion-MNIST, train split poisoned by NTGA.
+"""fashion_mnist_ntga: Fashion-MNIST, training set poisoned by NTGA.
 
-The dataset card is README.md next to this file.
+The dataset card is README.md next to this file, rendered from the ntga
+family's template (`python builders/_make_folders.py`).
 """
 
-from ntga_tfds import configs
-from ntga_tfds import dataset_builder
+from ntga_tfds import families
 
 
-class Builder(dataset_builder.NTGABuilder):
-  """Fashion-MNIST, train split poisoned by NTGA."""
-
-  SOURCE = "fashion_mnist"
-  BUILDER_CONFIGS = configs.named_ntga_configs("fashion_mnist")
+class Builder(families.builder("fashion_mnist", "ntga")):
+  """Fashion-MNIST, training set poisoned by NTGA."""

@@ -1,14 +1,11 @@
-"""fashion_mnist_random_noise: Fashion-MNIST, train split with random noise.
+"""fashion_mnist_random_noise: Fashion-MNIST, training set with random noise (the attacks' control).
 
-The dataset card is README.md next to this file.
+The dataset card is README.md next to this file, rendered from the random_noise
+family's template (`python builders/_make_folders.py`).
 """
 
-from ntga_tfds import configs
-from ntga_tfds import dataset_builder
+from ntga_tfds import families
 
 
-class Builder(dataset_builder.RandomNoiseBuilder):
-  """Fashion-MNIST, train split with random noise."""
-
-  SOURCE = "fashion_mnist"
-  BUILDER_CONFIGS = configs.named_random_noise_configs("fashion_mnist")
+class Builder(families.builder("fashion_mnist", "random_noise")):
+  """Fashion-MNIST, training set with random noise (the attacks' control)."""

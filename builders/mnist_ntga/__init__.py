@@ -1,0 +1,1 @@
+"""mnist_ntga: MNIST, training set poisoned by NTGA."""

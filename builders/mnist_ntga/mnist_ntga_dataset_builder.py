@@ -1,14 +1,11 @@
-"""mnist_ntga: MNIST, train split poisoned by NTGA.
+"""mnist_ntga: MNIST, training set poisoned by NTGA.
 
-The dataset card is README.md next to this file.
+The dataset card is README.md next to this file, rendered from the ntga
+family's template (`python builders/_make_folders.py`).
 """
 
-from ntga_tfds import configs
-from ntga_tfds import dataset_builder
+from ntga_tfds import families
 
 
-class Builder(dataset_builder.NTGABuilder):
-  """MNIST, train split poisoned by NTGA."""
-
-  SOURCE = "mnist"
-  BUILDER_CONFIGS = configs.named_ntga_configs("mnist")
+class Builder(families.builder("mnist", "ntga")):
+  """MNIST, training set poisoned by NTGA."""

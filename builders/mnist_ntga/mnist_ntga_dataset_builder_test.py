@@ -1,17 +1,12 @@
-"""mnist_ntga on dummy data: tiny idx files read by the offline reader.
+"""mnist_ntga: every named config built on its source's shared dummy data (builders/dummy_data/mnist/)."""
 
-Every named config is built.
-"""
-
-import tensorflow_datasets as tfds
-
+from ntga_tfds import testing
 from ntga_tfds.builders.mnist_ntga import mnist_ntga_dataset_builder
 
 
-class MnistNtgaTest(tfds.testing.DatasetBuilderTestCase):
+class MnistNtgaTest(testing.PoisonedBuilderTestCase):
   DATASET_CLASS = mnist_ntga_dataset_builder.Builder
-  SPLITS = {"train": 24, "test": 8}
 
 
 if __name__ == "__main__":
-  tfds.testing.test_main()
+  testing.main()

@@ -1,14 +1,11 @@
-"""mnist_random_noise: MNIST, train split with random noise.
+"""mnist_random_noise: MNIST, training set with random noise (the attacks' control).
 
-The dataset card is README.md next to this file.
+The dataset card is README.md next to this file, rendered from the random_noise
+family's template (`python builders/_make_folders.py`).
 """
 
-from ntga_tfds import configs
-from ntga_tfds import dataset_builder
+from ntga_tfds import families
 
 
-class Builder(dataset_builder.RandomNoiseBuilder):
-  """MNIST, train split with random noise."""
-
-  SOURCE = "mnist"
-  BUILDER_CONFIGS = configs.named_random_noise_configs("mnist")
+class Builder(families.builder("mnist", "random_noise")):
+  """MNIST, training set with random noise (the attacks' control)."""

@@ -1,0 +1,147 @@
+"""Projected gradient ascent, projections and uint8 quantisation within eps.
+
+Shared by every attack in `ntga_tfds.transforms` that perturbs inputs under an
+L-infinity or L2 budget. Pure functions; `ascend` is the only loop, and it
+calls a jitted `step_fn` once per iteration (one compiled program per step).
+
+Two optimisers:
+
+* "pgd": true projected gradient ascent (Madry et al.): each step takes the
+  gradient at the current iterate, moves `step_size` along its sign (L-inf)
+  or its normalised direction (L2), and projects back onto the eps ball
+  around the clean input and onto [0, 1]. Optional random start.
+* "as_published": what the reference NTGA code computes. Its loop restarts
+  from the clean images with the full eps at every iteration, so its result
+  is one signed-gradient step of size eps from the clean block; we compute
+  that step once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntga_tfds.transforms.common import checks
+
+NORMS = checks.NORMS
+OPTIMIZERS = checks.OPTIMIZERS
+_TINY = 1e-12
+
+
+def levels(eps: float) -> int:
+  """How many 8-bit levels an L-inf radius allows: floor(eps * 255).
+
+  eps = k/255 gives exactly k, with no float slip to k - 1; eps = 0.3 gives
+  76 (76/255 <= 0.3), not the reference's 77.
+  """
+  return int(math.floor(eps * 255 + 1e-6))
+
+
+def _per_example_norm(x):
+  axes = tuple(range(1, x.ndim))
+  return jnp.sqrt(jnp.sum(x * x, axis=axes, keepdims=True))
+
+
+def project(x, x_clean, *, eps, norm: str):
+  """Projects `x` onto {|x - x_clean|_norm <= eps} intersected with [0, 1]."""
+  delta = x - x_clean
+  if norm == "linf":
+    delta = jnp.clip(delta, -eps, eps)
+  else:
+    delta = delta * jnp.minimum(1.0, eps / (_per_example_norm(delta) + _TINY))
+  return jnp.clip(x_clean + delta, 0.0, 1.0)
+
+
+def ascent_step(x, grad, x_clean, *, step_size, eps, norm: str):
+  """One ascent step along `grad`, then the projection. Shapes `(n, ...)`."""
+  if norm == "linf":
+    direction = jnp.sign(grad)
+  else:
+    direction = grad / (_per_example_norm(grad) + _TINY)
+  return project(x + step_size * direction, x_clean, eps=eps, norm=norm)
+
+
+def random_start(key, x_clean, *, eps, norm: str):
+  """A uniform point of the L-inf ball, or a random L2 direction and radius."""
+  if norm == "linf":
+    delta = jax.random.uniform(key, x_clean.shape, x_clean.dtype, -eps, eps)
+  else:
+    k1, k2 = jax.random.split(key)
+    direction = jax.random.normal(k1, x_clean.shape, x_clean.dtype)
+    direction = direction / (_per_example_norm(direction) + _TINY)
+    radius = jax.random.uniform(
+        k2, (x_clean.shape[0],) + (1,) * (x_clean.ndim - 1), x_clean.dtype)
+    delta = direction * radius * eps
+  return project(x_clean + delta, x_clean, eps=eps, norm=norm)
+
+
+def snap(x: np.ndarray, dtype=np.float32):
+  """Clean images on the 8-bit grid: (u/255 as `dtype`, uint8 u), u=round(255x).
+
+  Inputs decoded from uint8 are unchanged (uint8 input is taken as it is);
+  the attack's eps ball is centred on the snapped image so that its uint8
+  output can honour the bound exactly.
+  """
+  x = np.asarray(x)
+  u8 = x if x.dtype == np.uint8 else np.clip(
+      np.rint(np.asarray(x, np.float64) * 255), 0, 255).astype(np.uint8)
+  # One pass, one allocation (the same values as u8.astype(dtype) / 255; a
+  # CIFAR-10 validation set of 10,000 is snapped per block: 3-10x faster).
+  return np.divide(u8, np.asarray(255, dtype), dtype=dtype), u8
+
+
+def quantize(x_adv, x_clean_u8: np.ndarray, *, eps: float,
+             norm: str) -> np.ndarray:
+  """uint8 images within the budget of the clean uint8 images.
+
+  L-inf: round to the nearest level, then clip to the `levels(eps)` levels
+  around the clean pixel. L2: round each pixel's change toward zero, which
+  never increases the L2 norm of the perturbation.
+  """
+  x_adv = np.asarray(x_adv, np.float64) * 255
+  clean = x_clean_u8.astype(np.int32)
+  if norm == "linf":
+    k = levels(eps)
+    q = np.clip(np.rint(x_adv).astype(np.int32), clean - k, clean + k)
+  else:
+    q = clean + np.trunc(x_adv - clean).astype(np.int32)
+  return np.clip(q, 0, 255).astype(np.uint8)
+
+
+StepFn = Callable[..., tuple]
+
+
+def ascend(step_fn: StepFn, x_clean, *, key, eps: float,
+           step_size: float, nb_iter: int, norm: str, optimizer: str,
+           rand_init: bool,
+           on_step: Optional[Callable[[int, float], None]] = None):
+  """Runs the optimiser; returns the float adversarial inputs.
+
+  Args:
+    step_fn: jitted `(x, x_clean, step_size, eps) -> (x_next, loss)`, the
+      loss measured at `x` before the step.
+    x_clean: `(n, ...)` clean inputs in [0, 1].
+    key: PRNG key for the random start.
+    eps, step_size, nb_iter, norm, optimizer, rand_init: see module doc.
+    on_step: called as `on_step(step, loss)` after each step.
+  """
+  x_clean = jnp.asarray(x_clean)
+  eps_a = jnp.asarray(eps, x_clean.dtype)
+  if optimizer == "as_published":
+    x, loss = step_fn(x_clean, x_clean, eps_a, eps_a)
+    if on_step is not None:
+      on_step(0, float(loss))
+    return x
+  x = x_clean
+  if rand_init:
+    x = random_start(key, x_clean, eps=eps, norm=norm)
+  step_a = jnp.asarray(step_size, x_clean.dtype)
+  for i in range(nb_iter):
+    x, loss = step_fn(x, x_clean, step_a, eps_a)
+    if on_step is not None:
+      on_step(i, float(loss))
+  return x
