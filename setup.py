@@ -23,6 +23,15 @@ INSTALL_REQUIRES = [
     "neural-tangents==0.6.5",
     # neural-tangents imports tf2jax; releases after 0.3.7 need a newer jax.
     "tf2jax==0.3.7",
+    # Witches' Brew surrogates (flax.linen). flax 0.10.6 needs jax >= 0.5.1
+    # and was measured to install and run with jax 0.5.3 unmoved; its
+    # dependency orbax-checkpoint then resolves to 0.11.24 (newer ones need
+    # a newer jax, which the jax pin above refuses).
+    "flax==0.10.6",
+    # Witches' Brew optimisers (surrogate SGD, signed Adam). optax 0.2.8
+    # needs jax and jaxlib >= 0.5.3, which the pins above meet; installed
+    # with jax 0.5.3 unmoved.
+    "optax==0.2.8",
     # The version measured with the rest of this stack.
     "tensorflow==2.21.*",
     # Measured with tensorflow 2.21; builder APIs (GeneratorBasedBuilder,
@@ -59,13 +68,14 @@ EXTRAS_REQUIRE = {
 }
 
 
-def _builder_packages():
-  """`builders/<name>/` folders become `ntga_tfds.builders.<name>`."""
-  return [
-      "ntga_tfds.builders." + p.name
-      for p in sorted((_ROOT / "builders").iterdir())
-      if p.is_dir() and (p / "__init__.py").exists()
-  ]
+def _subpackages(folder: str, package: str):
+  """Package folders under `folder` as subpackages of `package`
+  (`transforms/ntga/_native/` -> `ntga_tfds.transforms.ntga._native`)."""
+  root = _ROOT / folder
+  return sorted(
+      package + "." + ".".join(p.parent.relative_to(root).parts)
+      for p in root.rglob("__init__.py")
+      if p.parent != root and "__pycache__" not in p.parts)
 
 
 setuptools.setup(
@@ -78,9 +88,10 @@ setuptools.setup(
     long_description=(_ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    packages=["ntga_tfds", "ntga_tfds.transforms",
-              "ntga_tfds.transforms._native", "ntga_tfds.builders"]
-    + _builder_packages(),
+    packages=["ntga_tfds", "ntga_tfds.transforms", "ntga_tfds.builders"]
+    + _subpackages("ntga_tfds", "ntga_tfds")
+    + _subpackages("transforms", "ntga_tfds.transforms")
+    + _subpackages("builders", "ntga_tfds.builders"),
     package_dir={
         "ntga_tfds": "ntga_tfds",
         "ntga_tfds.transforms": "transforms",
@@ -88,13 +99,13 @@ setuptools.setup(
     },
     package_data={
         # C++ sources of the native CPU kernels, compiled on first use.
-        "ntga_tfds.transforms._native": ["*.cc", "*.h"],
+        "ntga_tfds.transforms.ntga._native": ["*.cc", "*.h"],
         "ntga_tfds.builders": [
             "*/README.md",
             "*/CITATIONS.bib",
             "*/TAGS.txt",
             "*/checksums.tsv",
-            "*/dummy_data/**/*",
+            "dummy_data/**/*",
         ],
     },
     install_requires=INSTALL_REQUIRES,

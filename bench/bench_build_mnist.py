@@ -72,47 +72,43 @@ def _full_build(config: str, manual_dir: str, data_dir: str) -> dict:
   ds = tfds.load(f"mnist_ntga/{config}", split="train", data_dir=data_dir,
                  download=False)
   meta = dict(builder.info.metadata)
-  blocks = meta["blocks_computed"] + meta["blocks_resumed"]
+  blocks = meta["units_computed"] + meta["units_resumed"]
   return {
       "mode": "full build (measured)",
       "build_wall_seconds": round(wall, 1),
       "generation_seconds": meta["generation_seconds"],
       "num_blocks": blocks,
-      "blocks_resumed": meta["blocks_resumed"],
+      "blocks_resumed": meta["units_resumed"],
       "seconds_per_block": round(meta["generation_seconds"] / blocks, 2),
       "train_examples_loaded": len(ds),
       "plan": meta["plan"],
-      "perturbation": meta["perturbation"],
+      "perturbation": meta["stats"],
       "data_dir": str(builder.data_dir),
   }
 
 
 def _first_blocks(config: str, manual_dir: str, max_blocks: int) -> dict:
   # pylint: disable=g-import-not-at-top
-  from ntga_tfds import configs
+  from ntga_tfds import families
   from ntga_tfds import generation
   from ntga_tfds import sources
-  cfg = configs.ntga_config(config)
+  fam = families.get("ntga")
+  cfg = fam.config(config)
   train = sources.load_source("mnist", "train", manual_dir=manual_dir)
-  attack = generation.ntga_attack(cfg.attack_config())
+  job = fam.job(cfg, train, None, sources.source_spec("mnist"))
   stamps = []
-
-  class _Enough(Exception):
-    pass
 
   def on_block(b, num_blocks):
     stamps.append(time.time())
     plan_blocks[0] = num_blocks
-    if b + 1 >= max_blocks:
-      raise _Enough()
 
   plan_blocks = [None]
   start = time.time()
   try:
-    generation.generate(train.images, train.labels, attack=attack,
-                        num_classes=10, seed=cfg.seed, protocol=cfg.protocol,
-                        data_sha256=train.sha256, on_block=on_block)
-  except _Enough:
+    generation.run(job, data_sha256=train.sha256, on_unit=on_block,
+                   implementation=fam.implementation(cfg),
+                   stop_after=max_blocks)
+  except generation.Interrupted:
     pass
   times = [stamps[0] - start] + [b - a for a, b in zip(stamps, stamps[1:])]
   num_blocks = plan_blocks[0]

@@ -4,10 +4,10 @@ Run by hand (never a timed test):
 
   bash dev.sh bench bench_cnn_native.py
   bash dev.sh bench bench_cnn_native.py --shape=cifar10 --rounds=3
-  git show HEAD~1:transforms/_native/cnn_ntk.cc > /tmp/old.cc
+  git show HEAD~1:transforms/ntga/_native/cnn_ntk.cc > /tmp/old.cc
   bash dev.sh bench bench_cnn_native.py --against=/tmp/old.cc
 
-Compiles `cnn_native_harness.cc` with `transforms/_native/cnn_ntk.cc` (or
+Compiles `cnn_native_harness.cc` with `transforms/ntga/_native/cnn_ntk.cc` (or
 `--source`) inside it, with the flags the library is built with, and
 prints microseconds per kernel entry of the x1 packing, the forward
 (`RunKernel`) and the gradient (`RunGrad`) at the validation chunk and
@@ -31,7 +31,7 @@ from absl import flags
 from ntga_tfds.transforms.ntga import _native
 
 _HERE = pathlib.Path(__file__).parent
-_SOURCE = _HERE.parent / "transforms" / "_native" / "cnn_ntk.cc"
+_SOURCE = _HERE.parent / "transforms" / "ntga" / "_native" / "cnn_ntk.cc"
 
 flags.DEFINE_multi_enum("shape", ["mnist", "cifar10"], ["mnist", "cifar10"],
                         "Image shapes to time.")

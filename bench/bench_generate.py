@@ -6,7 +6,7 @@ Run by hand (never a timed test):
   bash dev.sh bench bench_generate.py --source=cifar10 --surrogate=fnn
   python bench/bench_generate.py --source=synthetic_cifar10 --surrogate=fnn
 
-Runs `ntga_tfds.generation.generate` -- what the builders' generation step
+Runs `ntga_tfds.generation.run` on NTGA's blockwise job -- what the builders' generation step
 runs, with the same plan (blocks of 512, a validation fold of 10,000 per
 block, 10 PGD steps) -- on the full training split, and prints the wall time
 of the whole generation (compilation included), blocks and seconds per
@@ -28,7 +28,6 @@ is the compilation for the last, partial block's own shapes (e.g. 336 of
 CIFAR-10's 50,000 images, 96 of MNIST's 60,000: about 25 s on a GPU).
 """
 
-import dataclasses
 import os
 import pathlib
 import resource
@@ -41,6 +40,7 @@ import numpy as np
 
 import _timing
 from ntga_tfds import generation
+from ntga_tfds import plans
 from ntga_tfds import sources
 from ntga_tfds.transforms import ntga
 
@@ -82,36 +82,33 @@ def _load():
           EPS_LEVELS[FLAGS.source])
 
 
-class _MaxBlocks(Exception):
-  pass
-
-
 def main(_):
   x, y, num_classes, eps = _load()
   config = ntga.NTGAConfig(
       eps=(FLAGS.eps_levels or eps) / 255, t=FLAGS.t,
       surrogate=FLAGS.surrogate, optimizer=FLAGS.optimizer,
       nb_iter=FLAGS.nb_iter, block_size=FLAGS.block_size)
-  attack = generation.ntga_attack(config)
   ends, calls = [], []
 
-  def fn(*args, _fn=attack.fn, **kwargs):
+  def poison_fn(*args, **kwargs):
     calls.append(time.perf_counter())
-    return _fn(*args, **kwargs)
+    return ntga.poison_block(*args, config=config, **kwargs)
 
-  attack = dataclasses.replace(attack, fn=fn)
+  # The NTGA family's job (`families.ntga`), with the block function timed.
+  job = plans.BlockJob(x, y, family="ntga", config=config,
+                       poison_fn=poison_fn, num_classes=num_classes,
+                       block_size=config.block_size,
+                       steps_per_block=config.nb_iter)
 
-  def on_block(b, num_blocks):
+  def on_unit(b, num_blocks):
     ends.append((time.perf_counter(), num_blocks))
-    if FLAGS.max_blocks and b + 1 >= FLAGS.max_blocks:
-      raise _MaxBlocks()
 
   start = time.perf_counter()
+  data_sha256 = sources.content_sha256(x, y)
   try:
-    result = generation.generate(x, y, attack=attack,
-                                 num_classes=num_classes, progress=False,
-                                 on_block=on_block)
-  except _MaxBlocks:
+    result = generation.run(job, data_sha256=data_sha256, progress=False,
+                            on_unit=on_unit, stop_after=FLAGS.max_blocks)
+  except generation.Interrupted:
     result = None
   wall = time.perf_counter() - start
   num_blocks = ends[-1][1]
@@ -137,9 +134,7 @@ def main(_):
     out["finish_s (statistics: after the last block)"] = round(
         start + wall - ends[-1][0], 2)
     out["generation_s (MEASURED, all blocks)"] = round(wall, 1)
-    out["max_change_levels"] = int(np.max(np.abs(
-        result.images.astype(np.int16)
-        - x[result.plan.poison_indices].astype(np.int16))))
+    out["max_change_levels"] = result.stats["linf_max_levels"]
   else:
     out["generation_s (EXTRAPOLATED from the blocks run)"] = round(
         float(setup_s + block_s[0]

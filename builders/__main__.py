@@ -49,10 +49,13 @@ def main(args: Args) -> None:
       tfds.core.visibility.DatasetType.TFDS_PUBLIC,
       tfds.core.visibility.DatasetType.COMMUNITY_PUBLIC,
   ])
-  # As `tfds`: Python logging at INFO, through tqdm's stream.
+  # As `tfds`: Python logging through tqdm's stream; but at WARNING unless
+  # --verbosity is given (`tfds` logs at INFO): progress and results, not
+  # library logs.
   if not flags.FLAGS.logtostderr and not flags.FLAGS.alsologtostderr:
     logging.use_python_logging(quiet=True)
-    logging.set_verbosity(logging.INFO)
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
     handler = logging.get_absl_handler().python_handler
     handler.setFormatter(python_logging.Formatter(
         "{levelname}[{filename}]: {message}", style="{"))

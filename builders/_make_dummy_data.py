@@ -1,8 +1,9 @@
-"""Writes the tiny dummy_data/ of every builder (run from the repo root).
+"""Writes the tiny dummy data of every source (run from the repo root).
 
   python builders/_make_dummy_data.py
 
-Each dummy_data/ holds a few random images in the source's own file format,
+Writes builders/dummy_data/<source>/, once per source (every builder of the
+source reads it). Each holds a few random images in the source's own file format,
 so the builder tests exercise the offline readers of `ntga_tfds.sources`:
 MNIST-style idx files (24 train, 8 test), CIFAR-10 binary batches
 (4 + 4 x 5 = 24 train, 8 test), an ImageNet class-folder tree (2 x 6 train,
@@ -88,22 +89,18 @@ def note(dest: pathlib.Path):
 
 WRITERS = {
     "digits": note, "mnist": mnist_like, "fashion_mnist": mnist_like,
-    "cifar10": cifar_like, "imagenet2": imagenet_like,
+    "cifar10": cifar_like, "imagenet_bulbul_jellyfish": imagenet_like,
 }
 
 
 def main():
   global RNG
-  for builder in sorted(p for p in ROOT.iterdir() if p.is_dir()
-                        and (p / "__init__.py").exists()):
-    source = builder.name.rsplit("_ntga", 1)[0].rsplit("_random_noise", 1)[0]
-    if source not in WRITERS:
-      continue
-    RNG = np.random.default_rng(20210718)  # same files for a source
-    dest = builder / "dummy_data"
+  for source, writer in sorted(WRITERS.items()):
+    RNG = np.random.default_rng(20210718)  # same files as before
+    dest = ROOT / "dummy_data" / source
     if dest.exists():
       shutil.rmtree(dest)
-    WRITERS[source](dest)
+    writer(dest)
     print("wrote", dest)
 
 

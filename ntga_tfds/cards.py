@@ -285,7 +285,7 @@ def render(family, source: str) -> Dict[str, str]:
       manual_flag=(f" --manual_dir ../shared/data/{source}"
                    if spec.needs_files else ""),
       units=family.unit_doc, citation_line=family.citation_line,
-      num_classes=spec.num_classes)
+      num_classes=spec.num_classes, **family.card_values(source))
   readme = (string.Template(_HEADER).substitute(values)
             + string.Template(family.card_template).substitute(values)
             + string.Template(_FOOTER).substitute(values))

@@ -164,6 +164,14 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
     return root.joinpath(*CHECKPOINT_SUBDIR, self.name,
                          self.builder_config.name, str(self.version))
 
+  def shared_root(self) -> Optional[epath.Path]:
+    """Where inputs shared by several configs are cached (e.g. a trained
+    surrogate, reused by every target seed); kept after a build."""
+    root = epath.Path(self.data_dir_root)
+    if "://" in os.fspath(root):
+      return None
+    return root.joinpath(*CHECKPOINT_SUBDIR, self.name, "_shared")
+
   def _source_manual_dir(self, dl_manager, download_config):
     spec = sources.source_spec(self.SOURCE)
     if not spec.needs_files:
@@ -209,6 +217,7 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
     result = generation.run(
         job, data_sha256=generation.sha256_json([train.sha256, test.sha256]),
         checkpoint_dir=self.checkpoint_root(),
+        shared_dir=self.shared_root(),
         implementation=fam.implementation(cfg))
     self._checkpoint_dir_used = result.checkpoint_dir
     self.info.metadata.update(

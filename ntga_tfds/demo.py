@@ -8,12 +8,16 @@ scikit-learn, so nothing is downloaded), trains a Keras victim on the clean
 and on the poisoned training split, and prints both accuracies on the clean
 test split, next to uniform random noise of the same size. Results (JSON,
 learning curves, example grid) go to `--output_dir`.
+
+It prints progress bars and results; library logs only from WARNING up
+(`--verbosity=0` shows INFO, e.g. TFDS's dataset and reader messages).
 """
 
 from __future__ import annotations
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from ntga_tfds import evaluate
 
@@ -56,4 +60,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Progress and results, not library logs: WARNING unless --verbosity is
+  # given (app.run raises an unset verbosity to INFO, and TFDS logs at INFO
+  # on every dataset load).
+  logging.set_verbosity(logging.WARNING)
   app.run(main)

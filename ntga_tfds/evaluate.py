@@ -9,9 +9,17 @@ spread over seeds) and the drop from clean, optionally under defences. Writes
   python -m ntga_tfds.evaluate --dataset=cifar10_ntga/eps8_t64 \
       --victims=cnn,resnet18 --seeds=3 --defenses=none,jpeg10,pgd8
 
+Targeted datasets (a family with a `target` split: Witches' Brew, Convex
+Polytope) are evaluated by attack success instead: each victim is retrained
+from scratch per seed on the poisoned train split and on its clean
+originals, and the report gives how often each target is classified as its
+adversarial label, next to the clean test accuracy (`evaluate_targeted_arrays`;
+PNGs of the targets and of a few poisons with their perturbations).
+
 The core, `evaluate_arrays`, works on numpy arrays; `evaluate` loads a TFDS
-name (poisoned train, clean train matched by `index`, clean test, control)
-and calls it; `run_cli` / `main` wrap `evaluate` with absl flags.
+name (poisoned train, clean train matched by `index`, clean test, and the
+control its family names) and calls it; `run_cli` / `main` wrap `evaluate`
+with absl flags.
 """
 
 from __future__ import annotations
@@ -402,6 +410,163 @@ def _control(name, index, y_clean, **kwargs):
   return (noise["image"][rows], y_clean)
 
 
+# ------------------------------------------------------ targeted attacks ---
+
+
+def evaluate_targeted_arrays(train: Arrays, clean_train: Arrays,
+                             targets: tuple, test: Arrays, *,
+                             victims: Sequence[str] = ("cnn",),
+                             seeds: int | Sequence[int] = 2,
+                             epochs: int | None = None,
+                             batch_size: int | None = None,
+                             learning_rate: float | None = None,
+                             num_classes: int | None = None,
+                             metadata: Mapping | None = None,
+                             progress: bool = True) -> dict:
+  """Attack success of a targeted poisoned set, against clean training.
+
+  Every victim is trained from scratch once per seed on the poisoned set and
+  on its clean originals; each run classifies the targets.
+
+  Args:
+    train: poisoned `(x (N, H, W, C) uint8, y (N,))`.
+    clean_train: the same examples, clean.
+    targets: `(x (K, H, W, C), y (K,) true labels, adversarial (K,))`.
+    test: clean `(x, y)`.
+    victims, seeds, epochs, batch_size, learning_rate, num_classes, progress:
+      as `evaluate_arrays`.
+    metadata: extra fields stored at the top of the report.
+
+  Returns:
+    The report: `results[victim][set]` for set "poisoned" and "clean":
+    `success` (fraction of (target, seed) runs where the target is
+    classified as its adversarial label; mean/std over seeds), per-seed
+    `target_predictions (S, K)`, `test_accuracy` peak and final statistics.
+  """
+  for name in victims:
+    victims_lib.get(name)
+  seed_values = _seed_list(seeds)
+  x_t, y_t, adv = (np.asarray(a) for a in targets)
+  x_test, y_test = (np.asarray(a) for a in test)
+  if num_classes is None:
+    num_classes = int(max(np.max(train[1]), np.max(y_test))) + 1
+  report = {**(metadata or {}), "mode": "targeted", "victims": list(victims),
+            "seeds": seed_values, "num_targets": int(len(x_t)),
+            "target_labels": y_t.tolist(),
+            "adversarial_labels": adv.tolist(), "results": {},
+            "settings": {}}
+  for victim in victims:
+    per_set = report["results"][victim] = {}
+    for name, (x, y) in (("poisoned", train), ("clean", clean_train)):
+      preds, runs = [], []
+      for seed in seed_values:
+        run = victims_lib.train(
+            victim, (np.asarray(x), np.asarray(y)), test=(x_test, y_test),
+            num_classes=num_classes, epochs=epochs, batch_size=batch_size,
+            learning_rate=learning_rate, seed=seed, progress=progress,
+            desc=f"{victim}/{name}/seed{seed}")
+        logits = run.model.predict(victims_lib.as_float(x_t), verbose=0)
+        preds.append(np.argmax(logits, -1).astype(int).tolist())
+        runs.append(run)
+        report["settings"][victim] = {"epochs": run.epochs,
+                                      "batch_size": run.batch_size,
+                                      "learning_rate": run.learning_rate}
+      hits = (np.asarray(preds) == adv[None, :]).mean(axis=1)
+      hist = [r.history for r in runs]
+      per_set[name] = {
+          "success": _stats(hits),
+          "target_predictions": preds,
+          "peak": _stats([h.peak_test_accuracy for h in hist]),
+          "final": _stats([h.final_test_accuracy for h in hist]),
+      }
+      logging.info("%s/%s: success %.3f, final test accuracy %.4f", victim,
+                   name, per_set[name]["success"]["mean"],
+                   per_set[name]["final"]["mean"])
+  return report
+
+
+def format_targeted_table(report: Mapping) -> str:
+  head = ("victim", "train set", "attack success %", "final acc %",
+          "peak acc %")
+  rows = [head]
+  for victim, by_set in report["results"].items():
+    for name, r in by_set.items():
+      rows.append((victim, name,
+                   f"{100 * r['success']['mean']:.1f} ± "
+                   f"{100 * r['success']['std']:.1f}",
+                   f"{100 * r['final']['mean']:.2f} ± "
+                   f"{100 * r['final']['std']:.2f}",
+                   f"{100 * r['peak']['mean']:.2f}"))
+  widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+  lines.insert(1, "  ".join("-" * w for w in widths))
+  return "\n".join(lines)
+
+
+def load_targeted(dataset: str, *, data_dir: str | None = None,
+                  manual_dir: str | None = None, build: bool = True):
+  """The poisoned train split, its clean originals, targets and test split
+  of a targeted dataset (one with a `target` split)."""
+  from ntga_tfds import sources  # pylint: disable=g-import-not-at-top
+  builder = load_builder(dataset, data_dir=data_dir, manual_dir=manual_dir,
+                         build=build)
+  train = _read_split(builder, "train")
+  target = _read_split(builder, "target")
+  test = _read_split(builder, "test")
+  source = _source_of(builder)
+  src = sources.load_source(source, "train", data_dir=data_dir,
+                            manual_dir=manual_dir)
+  index = train["index"].astype(np.int64)
+  x_clean, y_clean = src.images[index], src.labels[index]
+  if not np.array_equal(y_clean, train["label"]):
+    raise ValueError(f"{dataset}: labels at `index` differ from the source "
+                     f"{source!r} training labels.")
+  poison = train["is_poison"].astype(bool)
+  info = {"dataset": dataset, "source": source,
+          "eps": _eps_of(builder), "num_poisons": int(poison.sum()),
+          "poison_index": index[poison].tolist(),
+          "target_index": target["index"].tolist()}
+  return ((train["image"], y_clean), (x_clean, y_clean),
+          (target["image"], target["label"], target["adversarial_label"]),
+          (test["image"], test["label"]), poison, info)
+
+
+def write_targeted_outputs(report: dict, output_dir: str, *, targets,
+                           clean_poisons, poisons, poison_labels) -> list:
+  """results.json and targets.png (targets, then poisons and their
+  perturbations)."""
+  os.makedirs(output_dir, exist_ok=True)
+  files = []
+  x_t, y_t, adv = targets
+  k = min(8, len(poisons))
+  files.append(plots.plot_examples(
+      np.asarray(clean_poisons[:k]), {"poison": np.asarray(poisons[:k])},
+      np.asarray(poison_labels[:k]),
+      path=os.path.join(output_dir, "poisons.png"),
+      title=f"{report.get('dataset', '')}: poisons (class "
+            f"{int(adv[0])})"))
+  files.append(plots.plot_examples(
+      np.asarray(x_t), {}, np.asarray(y_t),
+      path=os.path.join(output_dir, "targets.png"),
+      title="targets (true class above; adversarial: "
+            + ", ".join(str(int(a)) for a in adv) + ")"))
+  json_path = os.path.join(output_dir, "results.json")
+  report["files"] = [os.path.basename(f) for f in files + [json_path]]
+  with open(json_path, "w") as f:
+    json.dump(report, f, indent=1)
+  return files + [json_path]
+
+
+def _is_targeted(dataset: str, data_dir: str | None) -> bool:
+  from ntga_tfds import families  # pylint: disable=g-import-not-at-top
+  name = dataset.partition("/")[0]
+  try:
+    fam = families.split_builder_name(name)[1]
+  except ValueError:
+    return False
+  return "target" in fam.splits
+
+
 def evaluate(dataset: str, *, victims: Sequence[str] = ("cnn",),
              seeds: int | Sequence[int] = 1, epochs: int | None = None,
              batch_size: int | None = None,
@@ -430,6 +595,19 @@ def evaluate(dataset: str, *, victims: Sequence[str] = ("cnn",),
     victims_lib.get(name)
   for d in defenses:
     defenses_lib.parse(d)
+  if _is_targeted(dataset, data_dir):
+    train, clean, targets, test, poison, info = load_targeted(
+        dataset, data_dir=data_dir, manual_dir=manual_dir, build=build)
+    report = evaluate_targeted_arrays(
+        train, clean, targets, test, victims=victims, seeds=seeds,
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+        metadata=info, progress=progress)
+    if output_dir:
+      write_targeted_outputs(report, output_dir, targets=targets,
+                             clean_poisons=clean[0][poison],
+                             poisons=train[0][poison],
+                             poison_labels=train[1][poison])
+    return report
   train_sets, test, info = load_named(
       dataset, data_dir=data_dir, manual_dir=manual_dir, build=build,
       control=control)
@@ -494,7 +672,8 @@ def _from_flags(fv: flags.FlagValues) -> dict:
       data_dir=fv.data_dir, manual_dir=fv.manual_dir, build=fv.build,
       output_dir=output_dir, examples_per_class=fv.examples_per_class,
       progress=fv.progress)
-  print(format_table(report))
+  print(format_targeted_table(report) if report.get("mode") == "targeted"
+        else format_table(report))
   print(f"\nWrote {', '.join(report['files'])} to {output_dir}")
   return report
 
@@ -523,4 +702,7 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
+  # Progress and results, not library logs: WARNING unless --verbosity is
+  # given (app.run raises an unset verbosity to INFO).
+  logging.set_verbosity(logging.WARNING)
   app.run(main)

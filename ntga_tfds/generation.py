@@ -19,8 +19,8 @@ before it. `run` computes the units in order and assembles the splits.
 
 Checkpoints. With `checkpoint_dir`, each finished unit's arrays are written
 to `<checkpoint_dir>/<fingerprint>/unit_<u>.npz` atomically (temporary file,
-then rename), shared inputs to `shared_<name>.npz`, and a later run with the
-same fingerprint reuses them, so a killed build resumes where it stopped and
+then rename), shared inputs to `shared_dir` (`SharedCache`, keyed by what
+determines them), and a later run with the same fingerprint reuses them, so a killed build resumes where it stopped and
 gives byte-identical output. The fingerprint hashes everything that
 determines the output: the job's payload (family, attack config, plan), the
 data, the source code of `ntga_tfds.transforms` (Python and native), which
@@ -209,10 +209,11 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
 def _read_npz(path: pathlib.Path) -> Optional[Arrays]:
   if not path.exists():
     return None
+  import zipfile  # pylint: disable=g-import-not-at-top
   try:
     with np.load(path, allow_pickle=False) as z:
       return {k: z[k] for k in z.files}
-  except (OSError, ValueError, EOFError, KeyError):
+  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
     return None
 
 
@@ -238,9 +239,6 @@ class CheckpointStore:
   def save(self, u: int, arrays: Arrays) -> None:
     _atomic_write(self.path(u), _npz_bytes(arrays))
 
-  def shared_path(self, name: str) -> pathlib.Path:
-    return self.directory / f"shared_{name}.npz"
-
   def remove(self) -> None:
     if self.directory.exists():
       for p in self.directory.iterdir():
@@ -249,24 +247,46 @@ class CheckpointStore:
 
 
 class SharedCache:
-  """Shared inputs of a job (e.g. a trained surrogate's parameters), computed
-  once per fingerprint: `get(name, compute)` returns the cached arrays or
-  computes, stores and returns them. Without a store it only computes."""
+  """Shared inputs of jobs (e.g. a trained surrogate's parameters), computed
+  once: `get(name, payload, compute)` returns the cached arrays or computes,
+  stores and returns them.
 
-  def __init__(self, store: Optional[CheckpointStore]):
-    self._store = store
+  A shared input is keyed by its own `payload` (what determines it, e.g. the
+  surrogate's settings and seed) plus the data, code, implementation and
+  versions of the run, not by the whole job: several configs (other
+  targets, other seeds) that train the same surrogate reuse it. It lives in
+  `directory` (a builder passes one folder per dataset, kept after the build
+  for the other configs), else in the job's checkpoint folder; without
+  either it is only computed.
+  """
+
+  def __init__(self, directory, base: Mapping[str, Any]):
+    self.directory = (pathlib.Path(os.fspath(directory))
+                      if directory is not None else None)
+    self._base = dict(base)
     self.computed: List[str] = []
     self.resumed: List[str] = []
 
-  def get(self, name: str, compute: Callable[[], Arrays]) -> Arrays:
-    if self._store is not None:
-      done = _read_npz(self._store.shared_path(name))
+  def path(self, name: str, payload: Mapping[str, Any]) -> Optional[
+      pathlib.Path]:
+    if self.directory is None:
+      return None
+    key = sha256_json({"name": name, "payload": payload,
+                       "base": self._base})[:24]
+    return self.directory / f"{name}-{key}.npz"
+
+  def get(self, name: str, payload: Mapping[str, Any],
+          compute: Callable[[], Arrays]) -> Arrays:
+    path = self.path(name, payload)
+    if path is not None:
+      done = _read_npz(path)
       if done is not None:
         self.resumed.append(name)
         return done
     arrays = {k: np.asarray(v) for k, v in compute().items()}
-    if self._store is not None:
-      _atomic_write(self._store.shared_path(name), _npz_bytes(arrays))
+    if path is not None:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      _atomic_write(path, _npz_bytes(arrays))
     self.computed.append(name)
     return arrays
 
@@ -355,6 +375,7 @@ def _progress(total, desc, enabled, **kwargs):
 
 
 def run(job: Job, *, data_sha256: str, checkpoint_dir=None,
+        shared_dir=None,
         implementation: Optional[Mapping[str, Any]] = None,
         progress: Optional[bool] = None,
         on_unit: Optional[Callable[[int, int], None]] = None,
@@ -366,6 +387,8 @@ def run(job: Job, *, data_sha256: str, checkpoint_dir=None,
     data_sha256: hash of the clean data the job reads.
     checkpoint_dir: where finished units are kept (under a fingerprinted
       subdirectory); None: no checkpoints.
+    shared_dir: where shared inputs are cached (`SharedCache`); default:
+      the job's checkpoint folder.
     implementation: which code computes the attack (the family's
       `implementation()`), part of the fingerprint.
     progress: tqdm bars for units and optimiser steps; default: yes unless
@@ -386,7 +409,10 @@ def run(job: Job, *, data_sha256: str, checkpoint_dir=None,
   store = (CheckpointStore(checkpoint_dir, payload)
            if checkpoint_dir is not None else None)
   fp = store.fingerprint if store else fingerprint(payload)
-  cache = SharedCache(store)
+  base = {k: v for k, v in payload.items() if k != "job"}
+  cache = SharedCache(
+      shared_dir if shared_dir is not None
+      else (store.directory if store else None), base)
   outputs: List[Arrays] = []
   resumed = computed = 0
   prepared = False

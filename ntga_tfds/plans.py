@@ -323,9 +323,10 @@ def make_target_plan(y_train: np.ndarray, y_test: np.ndarray, *,
   """Draws `num_groups` groups of targets and poisons from the seed.
 
   Each group: a target class and an adversarial class (distinct, drawn from
-  the seed unless given), `num_targets` test images of the target class,
-  and `num_poisons` training images of the adversarial class (disjoint from
-  other groups' poisons).
+  the seed unless given, among the classes with enough test images to
+  target and enough training images to poison), `num_targets` test images of
+  the target class, and `num_poisons` training images of the adversarial
+  class (disjoint from other groups' poisons).
   """
   y_train = np.asarray(y_train, np.int64)
   y_test = np.asarray(y_test, np.int64)
@@ -342,16 +343,32 @@ def make_target_plan(y_train: np.ndarray, y_test: np.ndarray, *,
   for g in range(num_groups):
     stream = _TARGET_STREAM + 2 * g
     classes = np.arange(num_classes, dtype=np.int64)
-    t_cls = (int(target_class) if target_class is not None else
-             int(keyed_choice(seed, stream, classes, 1)[0]))
+    # Classes that can serve: enough test images to be targets, enough
+    # unused training images to be poisons.
+    can_target = np.asarray([np.sum(y_test == c) >= num_targets
+                             for c in classes])
+    can_poison = np.asarray([np.sum((y_train == c) & ~used) >= num_poisons
+                             for c in classes])
+    if target_class is not None:
+      t_cls = int(target_class)
+    else:
+      ok = classes[can_target & (can_poison.sum() - can_poison > 0)]
+      if not ok.size:
+        raise ValueError(
+            f"No class has {num_targets} test images to target while another "
+            f"has {num_poisons} unused training images to poison; lower the "
+            "budget or the number of targets.")
+      t_cls = int(keyed_choice(seed, stream, ok, 1)[0])
     if adversarial_class is not None:
       a_cls = int(adversarial_class)
     else:
-      a_cls = int(keyed_choice(seed, stream + 1, classes[classes != t_cls],
-                               1)[0])
-    if t_cls == a_cls:
-      raise ValueError(f"The target class and the adversarial class are both "
-                       f"{t_cls}; they must differ.")
+      ok = classes[can_poison & (classes != t_cls)]
+      if not ok.size:
+        raise ValueError(
+            f"No class other than the target's ({t_cls}) has {num_poisons} "
+            "unused training images; a budget of that many poisons cannot "
+            "be drawn. Lower the budget.")
+      a_cls = int(keyed_choice(seed, stream + 1, ok, 1)[0])
     cand_t = np.flatnonzero(y_test == t_cls)
     if cand_t.shape[0] < num_targets:
       raise ValueError(f"The test split has {cand_t.shape[0]} images of class "
@@ -380,8 +397,10 @@ class TargetedJob(generation.Job):
 
   `prepare_fn(x_train, y_train, *, key, num_classes) -> Dict[str, array]`
   (optional) computes the input every group shares, e.g. a trained
-  surrogate's parameters; it is cached under the job's fingerprint, so a
-  rebuild does not recompute it. `craft_fn(x_train, y_train, *,
+  surrogate's parameters, with the key `PRNGKey(shared_seed)`; it is cached
+  by `shared_payload` (what determines it; default: the job's config) with
+  the data and code (`generation.SharedCache`), so a rebuild, or another
+  config that trains the same surrogate, does not recompute it. `craft_fn(x_train, y_train, *,
   poison_indices, x_target, y_target, adversarial_label, key, shared,
   num_classes, on_step) -> uint8 (len(poison_indices), ...)` crafts one
   group's poisons.
@@ -396,7 +415,9 @@ class TargetedJob(generation.Job):
                config: Any, craft_fn: Callable[..., Any], plan: TargetPlan,
                num_classes: int,
                prepare_fn: Optional[Callable[..., Dict[str, Any]]] = None,
-               shared_name: str = "surrogate", steps_per_group: int = 0):
+               shared_name: str = "surrogate", shared_seed: int = 0,
+               shared_payload: Optional[Dict[str, Any]] = None,
+               steps_per_group: int = 0):
     self.x_train = _uint8_images("x_train", x_train)
     self.y_train = _labels("y_train", y_train, self.x_train.shape[0])
     self.x_test = _uint8_images("x_test", x_test)
@@ -406,6 +427,8 @@ class TargetedJob(generation.Job):
     self.craft_fn = craft_fn
     self.prepare_fn = prepare_fn
     self.shared_name = shared_name
+    self.shared_seed = int(shared_seed)
+    self.shared_payload = shared_payload
     self.plan = plan
     self.num_classes = int(num_classes)
     self.num_units = plan.num_groups
@@ -417,18 +440,7 @@ class TargetedJob(generation.Job):
             "plan": self.plan.to_json(), "num_classes": self.num_classes}
 
   def prepare(self, cache):
-    if self.prepare_fn is None:
-      return
-    seed = self.plan.seed
-
-    def compute():
-      import jax  # pylint: disable=g-import-not-at-top
-      return self.prepare_fn(
-          self.x_train, self.y_train,
-          key=jax.random.fold_in(_key(seed), 1 << 20),
-          num_classes=self.num_classes)
-
-    self.shared = cache.get(self.shared_name, compute)
+    self.shared = _prepare(self, cache)
 
   def run_unit(self, u, previous, *, on_step):
     import jax  # pylint: disable=g-import-not-at-top
@@ -527,7 +539,9 @@ class AdditiveJob(generation.Job):
                add_fn: Callable[..., Any], num_poisons: int, num_classes: int,
                batch_size: int = 1, seed: int = 0,
                prepare_fn: Optional[Callable[..., Dict[str, Any]]] = None,
-               shared_name: str = "shared", steps_per_batch: int = 0):
+               shared_name: str = "shared", shared_seed: int = 0,
+               shared_payload: Optional[Dict[str, Any]] = None,
+               steps_per_batch: int = 0):
     self.x_train = _uint8_images("x_train", x_train)
     self.y_train = _labels("y_train", y_train, self.x_train.shape[0])
     for name, v in (("num_poisons", num_poisons), ("batch_size", batch_size)):
@@ -538,6 +552,8 @@ class AdditiveJob(generation.Job):
     self.add_fn = add_fn
     self.prepare_fn = prepare_fn
     self.shared_name = shared_name
+    self.shared_seed = int(shared_seed)
+    self.shared_payload = shared_payload
     self.num_classes = int(num_classes)
     self.plan = AdditivePlan(self.x_train.shape[0], int(num_poisons),
                              int(batch_size), int(seed))
@@ -550,17 +566,7 @@ class AdditiveJob(generation.Job):
             "plan": self.plan.to_json(), "num_classes": self.num_classes}
 
   def prepare(self, cache):
-    if self.prepare_fn is None:
-      return
-
-    def compute():
-      import jax  # pylint: disable=g-import-not-at-top
-      return self.prepare_fn(
-          self.x_train, self.y_train,
-          key=jax.random.fold_in(_key(self.plan.seed), 1 << 20),
-          num_classes=self.num_classes)
-
-    self.shared = cache.get(self.shared_name, compute)
+    self.shared = _prepare(self, cache)
 
   def _added(self, previous):
     shape = (0,) + self.x_train.shape[1:]
@@ -611,6 +617,23 @@ class AdditiveJob(generation.Job):
 
 
 # ---------------------------------------------------------------------------
+
+
+def _prepare(job, cache):
+  """The job's shared input through the cache (None without prepare_fn)."""
+  if job.prepare_fn is None:
+    return None
+  payload = {"shared_seed": job.shared_seed, "num_classes": job.num_classes,
+             "config": generation.jsonable(
+                 job.shared_payload if job.shared_payload is not None
+                 else job.config)}
+
+  def compute():
+    return job.prepare_fn(job.x_train, job.y_train,
+                          key=_key(job.shared_seed),
+                          num_classes=job.num_classes)
+
+  return cache.get(job.shared_name, payload, compute)
 
 
 def _uint8_images(name, x) -> np.ndarray:

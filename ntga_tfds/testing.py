@@ -55,6 +55,12 @@ class PoisonedBuilderTestCase(tfds.testing.DatasetBuilderTestCase):
     if "EXAMPLE_DIR" not in cls.__dict__:
       cls.EXAMPLE_DIR = str(dummy_data_dir(source))
     subset = source not in DUMMY_SIZES
+    if "BUILDER_CONFIG_NAMES_TO_TEST" not in cls.__dict__ and hasattr(
+        fam, "test_configs"):
+      # Families whose named configs are too slow to build in a test say
+      # which small versions to build.
+      cls.BUILDER_CONFIG_NAMES_TO_TEST = fam.test_configs(
+          source, **(SUBSET if subset else {}))
     if "BUILDER_CONFIG_NAMES_TO_TEST" not in cls.__dict__:
       cls.BUILDER_CONFIG_NAMES_TO_TEST = [
           fam.config(c.name, **SUBSET) if subset else c.name

@@ -1,6 +1,6 @@
 """The native (C++, XLA FFI) FNN kernel equals the pure-JAX one.
 
-`transforms/_native/fnn_ntk.cc` computes the FNN's NTK from Gram matrix and
+`transforms/ntga/_native/fnn_ntk.cc` computes the FNN's NTK from Gram matrix and
 squared norms, and its backward pass, with the recursion of `_fnn_ntk`'s
 pure-JAX path (itself tested against neural-tangents in
 test_fnn_kernel.py), in float32 on the CPU. Checked here: values and the

@@ -14,8 +14,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 import ntga_tfds  # noqa: F401  (registers the builders)
-from ntga_tfds import configs
+from ntga_tfds import families
 from ntga_tfds import generation
+from ntga_tfds import plans
 from ntga_tfds import sources
 from ntga_tfds.transforms import ntga
 from ntga_tfds.transforms import random_noise
@@ -38,11 +39,33 @@ def _small_ntga(**kw):
                             "nb_iter": 3, **kw})
 
 
+def _ntga_job(x, y, config, *, seed=0, protocol="all_train", val_size=None):
+  """The NTGA family's blockwise job on arrays."""
+  def poison_fn(xb, yb, *, x_val, y_val, key, num_classes, on_step):
+    return ntga.poison_block(xb, yb, x_val=x_val, y_val=y_val, key=key,
+                             config=config, num_classes=num_classes,
+                             on_step=on_step)
+  return plans.BlockJob(x, y, family="ntga", config=config,
+                        poison_fn=poison_fn, num_classes=10, seed=seed,
+                        block_size=config.block_size, protocol=protocol,
+                        val_size=val_size, steps_per_block=config.nb_iter)
+
+
+def _run(job, **kw):
+  kw.setdefault("data_sha256", sources.content_sha256(job.x_train,
+                                                       job.y_train))
+  return generation.run(job, progress=False, **kw)
+
+
+def _train_images(result):
+  return result.splits["train"]["image"]
+
+
 # ---------------------------------------------------------------- the plan
 
 
 def test_all_train_plan_poisons_everything_against_other_examples():
-  plan = generation.make_plan(1000, block_size=256, val_size=100, seed=3)
+  plan = plans.make_block_plan(1000, block_size=256, val_size=100, seed=3)
   assert plan.num_blocks == 4
   blocks = [plan.block(b) for b in range(plan.num_blocks)]
   assert [len(b) for b in blocks] == [256, 256, 256, 232]  # last partial
@@ -53,15 +76,15 @@ def test_all_train_plan_poisons_everything_against_other_examples():
     assert not set(block) & set(fold)          # never the block itself
     assert fold.min() >= 0 and fold.max() < 1000  # only training indices
   assert len({tuple(f) for f in folds}) == 4   # a fresh fold per block
-  again = generation.make_plan(1000, block_size=256, val_size=100, seed=3)
+  again = plans.make_block_plan(1000, block_size=256, val_size=100, seed=3)
   np.testing.assert_array_equal(again.validation(2), folds[2])
-  other = generation.make_plan(1000, block_size=256, val_size=100, seed=4)
+  other = plans.make_block_plan(1000, block_size=256, val_size=100, seed=4)
   assert not np.array_equal(other.validation(2), folds[2])
   assert plan.heldout_indices.size == 0
 
 
 def test_paper_plan_holds_out_one_clean_validation_set():
-  plan = generation.make_plan(1000, block_size=256, protocol="paper",
+  plan = plans.make_block_plan(1000, block_size=256, protocol="heldout",
                               val_size=200, seed=0)
   held = plan.heldout_indices
   assert len(held) == 200 and len(plan.poison_indices) == 800
@@ -74,23 +97,23 @@ def test_paper_plan_holds_out_one_clean_validation_set():
 
 
 def test_plan_defaults_and_limits():
-  assert generation.default_val_size(60000) == 10000
-  assert generation.default_val_size(1442) == 288
-  tiny = generation.make_plan(24, block_size=512)
+  assert plans.default_val_size(60000) == 10000
+  assert plans.default_val_size(1442) == 288
+  tiny = plans.make_block_plan(24, block_size=512)
   assert tiny.num_blocks == 2 and tiny.block_size == 12  # so folds exist
   assert tiny.val_size == 4
   with pytest.raises(ValueError, match="val_size"):
-    generation.make_plan(100, block_size=60, val_size=50)
+    plans.make_block_plan(100, block_size=60, val_size=50)
   with pytest.raises(ValueError, match="held-out"):
-    generation.make_plan(100, block_size=60, protocol="paper", val_size=100)
-  noise = generation.make_plan(100, block_size=None, uses_validation=False)
+    plans.make_block_plan(100, block_size=60, protocol="heldout", val_size=100)
+  noise = plans.make_block_plan(100, block_size=None, uses_validation=False)
   assert noise.num_blocks == 1 and noise.val_size == 0
   assert noise.validation(0).size == 0
 
 
 def test_keyed_choice_draws_without_replacement_from_candidates():
   cands = np.arange(0, 10000, 7)
-  pick = generation.keyed_choice(0, 5, cands, 300)
+  pick = plans.keyed_choice(0, 5, cands, 300)
   assert len(np.unique(pick)) == 300 and set(pick) <= set(cands)
   assert np.all(np.diff(pick) > 0)
   # Roughly uniform: both halves are represented.
@@ -124,12 +147,13 @@ def test_perturbation_stats_match_a_direct_computation():
 def test_ntga_generation_follows_the_documented_plan(digits_train):
   x, y = digits_train.images[:96], digits_train.labels[:96]
   cfg = _small_ntga()
-  result = generation.generate(x, y, attack=generation.ntga_attack(cfg),
-                               num_classes=10, seed=7, progress=False)
-  plan = result.plan
+  job = _ntga_job(x, y, cfg, seed=7)
+  result = _run(job)
+  plan = job.plan
+  images = _train_images(result)
   assert plan.num_blocks == 3 and plan.val_size == 19
-  assert result.images.dtype == np.uint8 and result.images.shape == x.shape
-  diff = np.abs(result.images.astype(int) - x)
+  assert images.dtype == np.uint8 and images.shape == x.shape
+  diff = np.abs(images.astype(int) - x)
   assert diff.max() <= 8 and diff.max() > 0
   assert result.stats["linf_max_levels"] == diff.max()
   # Block 1 is `poison_block` on its fold with key fold_in(PRNGKey(7), 1).
@@ -138,47 +162,52 @@ def test_ntga_generation_follows_the_documented_plan(digits_train):
       x[plan.block(b)], y[plan.block(b)], x_val=x[plan.validation(b)],
       y_val=y[plan.validation(b)], key=jax.random.fold_in(
           jax.random.PRNGKey(7), b), config=cfg, num_classes=10)
-  np.testing.assert_array_equal(result.images[plan.block_slice(b)], expected)
+  np.testing.assert_array_equal(images[plan.block_slice(b)], expected)
 
 
 def test_paper_protocol_equals_the_transforms_own_loop(digits_train):
   x, y = digits_train.images[:120], digits_train.labels[:120]
   cfg = _small_ntga()
-  result = generation.generate(
-      x, y, attack=generation.ntga_attack(cfg), num_classes=10, seed=1,
-      protocol="paper", val_size=24, progress=False)
-  plan = result.plan
+  job = _ntga_job(x, y, cfg, seed=1, protocol="heldout", val_size=24)
+  result = _run(job)
+  plan = job.plan
   expected = ntga.poison(
       x[plan.poison_indices], y[plan.poison_indices],
       x_val=x[plan.heldout_indices], y_val=y[plan.heldout_indices],
       key=jax.random.PRNGKey(1), config=cfg, num_classes=10)
-  np.testing.assert_array_equal(result.images, expected)
+  np.testing.assert_array_equal(_train_images(result), expected)
+  np.testing.assert_array_equal(result.splits["validation"]["index"],
+                                plan.heldout_indices)
 
 
 def test_random_noise_generation(digits_train):
   x, y = digits_train.images, digits_train.labels
   cfg = random_noise.RandomNoiseConfig(eps=20 / 255)
-  result = generation.generate(
-      x, y, attack=generation.random_noise_attack(cfg), num_classes=10,
-      seed=0, progress=False)
-  assert result.plan.val_size == 0 and result.plan.num_blocks == 1
-  diff = np.abs(result.images.astype(int) - x)
+  noise = families.get("random_noise")
+  bcfg = noise.config(eps=20 / 255, distribution="uniform")
+  spec = sources.source_spec("digits")
+  job = noise.job(bcfg, digits_train, None, spec)
+  result = _run(job)
+  assert job.plan.val_size == 0 and job.plan.num_blocks == 1
+  diff = np.abs(_train_images(result).astype(int) - x)
   assert diff.max() == 20
   expected = random_noise.poison(x, y, key=jax.random.fold_in(
       jax.random.PRNGKey(0), 0), config=cfg)
-  np.testing.assert_array_equal(result.images, expected)
+  np.testing.assert_array_equal(_train_images(result), expected)
 
 
 def test_ntga_drops_the_surrogates_test_accuracy(digits_train, digits_test):
   """The attack works on real data: the digits, MNIST's budget (eps76)."""
-  cfg = configs.ntga_config("eps76_t64").attack_config()
-  result = generation.generate(
-      digits_train.images, digits_train.labels,
-      attack=generation.ntga_attack(cfg), num_classes=10, progress=False)
+  fam = families.get("ntga")
+  bcfg = fam.config("eps76_t64")
+  cfg = bcfg.attack
+  job = fam.job(bcfg, digits_train, digits_test,
+                sources.source_spec("digits"))
+  result = _run(job)
   args = (digits_test.images, digits_test.labels)
   clean = ntga.accuracy(digits_train.images, digits_train.labels, *args,
                         config=cfg, num_classes=10)
-  poisoned = ntga.accuracy(result.images, digits_train.labels, *args,
+  poisoned = ntga.accuracy(_train_images(result), digits_train.labels, *args,
                            config=cfg, num_classes=10)
   assert clean > 0.8
   assert poisoned < clean - 0.4
@@ -188,98 +217,112 @@ def test_ntga_drops_the_surrogates_test_accuracy(digits_train, digits_test):
 # ------------------------------------------------------------ checkpoints
 
 
-class _Stop(Exception):
-  pass
-
-
-def _stop_after(n):
-  def on_block(b, num_blocks):
-    del num_blocks
-    if b + 1 >= n:
-      raise _Stop()
-  return on_block
-
-
 def test_checkpoints_resume_to_identical_bytes(digits_train, tmp_path):
   x, y = digits_train.images[:96], digits_train.labels[:96]
-  attack = generation.ntga_attack(_small_ntga())
-  reference = generation.generate(x, y, attack=attack, num_classes=10,
-                                  progress=False)
-  with pytest.raises(_Stop):
-    generation.generate(x, y, attack=attack, num_classes=10, progress=False,
-                        checkpoint_dir=tmp_path, on_block=_stop_after(2))
+  job = _ntga_job(x, y, _small_ntga())
+  reference = _run(job)
+  with pytest.raises(generation.Interrupted):
+    _run(job, checkpoint_dir=tmp_path, stop_after=2)
   (fp_dir,) = tmp_path.iterdir()
-  assert sorted(p.name for p in fp_dir.glob("block_*.npy")) == [
-      "block_000000.npy", "block_000001.npy"]
+  assert sorted(p.name for p in fp_dir.glob("unit_*.npz")) == [
+      "unit_000000.npz", "unit_000001.npz"]
   assert (fp_dir / "manifest.json").exists()
   assert not list(fp_dir.glob(".*tmp*"))  # atomic writes leave no debris
-  resumed = generation.generate(x, y, attack=attack, num_classes=10,
-                                progress=False, checkpoint_dir=tmp_path)
-  assert (resumed.blocks_resumed, resumed.blocks_computed) == (2, 1)
+  resumed = _run(job, checkpoint_dir=tmp_path)
+  assert (resumed.units_resumed, resumed.units_computed) == (2, 1)
   assert resumed.fingerprint == fp_dir.name
-  assert resumed.images.tobytes() == reference.images.tobytes()
+  assert _train_images(resumed).tobytes() == \
+      _train_images(reference).tobytes()
 
 
 def test_stale_or_damaged_checkpoints_are_not_reused(digits_train, tmp_path):
   x, y = digits_train.images[:64], digits_train.labels[:64]
-  attack = generation.ntga_attack(_small_ntga())
-  first = generation.generate(x, y, attack=attack, num_classes=10,
-                              progress=False, checkpoint_dir=tmp_path)
-  # Another attack config, other data or another seed: new fingerprints.
-  other = generation.generate(
-      x, y, attack=generation.ntga_attack(_small_ntga(nb_iter=2)),
-      num_classes=10, progress=False, checkpoint_dir=tmp_path)
+  job = _ntga_job(x, y, _small_ntga())
+  first = _run(job, checkpoint_dir=tmp_path)
+  # Another attack config, other data, another seed or another
+  # implementation: new fingerprints.
+  other = _run(_ntga_job(x, y, _small_ntga(nb_iter=2)),
+               checkpoint_dir=tmp_path)
   x2 = x.copy()
   x2[0, 0, 0, 0] ^= 1
-  changed = generation.generate(x2, y, attack=attack, num_classes=10,
-                                progress=False, checkpoint_dir=tmp_path)
-  seeded = generation.generate(x, y, attack=attack, num_classes=10, seed=1,
-                               progress=False, checkpoint_dir=tmp_path)
+  changed = _run(_ntga_job(x2, y, _small_ntga()), checkpoint_dir=tmp_path)
+  seeded = _run(_ntga_job(x, y, _small_ntga(), seed=1),
+                checkpoint_dir=tmp_path)
+  impl = dict(ntga.implementation(), native_fnn=False)
+  pure = _run(job, checkpoint_dir=tmp_path, implementation=impl)
   fps = {first.fingerprint, other.fingerprint, changed.fingerprint,
-         seeded.fingerprint}
-  assert len(fps) == 4 and len(list(tmp_path.iterdir())) == 4
-  for r in (other, changed, seeded):
-    assert r.blocks_resumed == 0
-  # A damaged block file is recomputed, to the same bytes.
-  block0 = pathlib.Path(first.checkpoint_dir) / "block_000000.npy"
-  block0.write_bytes(block0.read_bytes()[:100])
-  again = generation.generate(x, y, attack=attack, num_classes=10,
-                              progress=False, checkpoint_dir=tmp_path)
-  assert (again.blocks_resumed, again.blocks_computed) == (1, 1)
-  assert again.images.tobytes() == first.images.tobytes()
+         seeded.fingerprint, pure.fingerprint}
+  assert len(fps) == 5 and len(list(tmp_path.iterdir())) == 5
+  for r in (other, changed, seeded, pure):
+    assert r.units_resumed == 0
+  # A damaged unit file is recomputed, to the same bytes.
+  unit0 = pathlib.Path(first.checkpoint_dir) / "unit_000000.npz"
+  unit0.write_bytes(unit0.read_bytes()[:100])
+  again = _run(job, checkpoint_dir=tmp_path)
+  assert (again.units_resumed, again.units_computed) == (1, 1)
+  assert _train_images(again).tobytes() == _train_images(first).tobytes()
 
 
-def test_fingerprint_covers_the_attack_source_and_versions(digits_train):
-  attack = generation.ntga_attack(_small_ntga())
-  plan = generation.make_plan(64, block_size=32)
+def test_fingerprint_covers_the_attack_source_native_code_and_switches(
+    monkeypatch):
+  job = plans.BlockJob(np.zeros((64, 4, 4, 1), np.uint8), np.zeros(64, int),
+                       family="ntga", config=_small_ntga(),
+                       poison_fn=None, num_classes=10, block_size=32)
   payload = generation.fingerprint_payload(
-      attack=attack, plan=plan, data_sha256="x", num_classes=10)
+      job, data_sha256="x", implementation=ntga.implementation())
   assert payload["transforms_sha256"] == \
       generation.transforms_source_sha256()
   assert {"jax", "neural-tangents", "ntga-tfds"} <= set(payload["versions"])
   changed = dict(payload, transforms_sha256="0" * 64)
   assert generation.fingerprint(changed) != generation.fingerprint(payload)
+  # The native C++ sources are part of the source hash.
+  from ntga_tfds import transforms
+  root = pathlib.Path(transforms.__file__).parent
+  cc = sorted(root.rglob("*.cc"))
+  assert cc, "no native sources found"
+  # The switches that change output bytes are part of the implementation.
+  monkeypatch.setenv("NTGA_TFDS_VNNI", "0")
+  switched = ntga.implementation()
+  assert switched["switches"] == {"NTGA_TFDS_VNNI": "0"}
+  monkeypatch.setenv("NTGA_TFDS_PROGRESS", "0")  # does not change bytes
+  assert ntga.implementation()["switches"] == {"NTGA_TFDS_VNNI": "0"}
+  assert generation.fingerprint(generation.fingerprint_payload(
+      job, data_sha256="x", implementation=switched)) != \
+      generation.fingerprint(payload)
+
+
+def test_transforms_source_hash_changes_with_a_native_file(tmp_path,
+                                                            monkeypatch):
+  from ntga_tfds import transforms
+  root = tmp_path / "transforms"
+  (root / "ntga" / "_native").mkdir(parents=True)
+  (root / "__init__.py").write_text("")
+  (root / "ntga" / "_native" / "k.cc").write_text("int f() { return 1; }")
+  monkeypatch.setattr(transforms, "__file__", str(root / "__init__.py"))
+  before = generation.transforms_source_sha256()
+  (root / "ntga" / "_native" / "k.cc").write_text("int f() { return 2; }")
+  assert generation.transforms_source_sha256() != before
 
 
 # ------------------------------------- a killed build resumes (tfds build)
 
 def _resume_config():
-  return configs.ntga_config("eps16_t64", name="resume_test", nb_iter=3,
-                             block_size=96, max_train_examples=480,
-                             max_test_examples=50)
+  return families.get("ntga").config(
+      "eps16_t64", name="resume_test", nb_iter=3, block_size=96,
+      max_train_examples=480, max_test_examples=50)
 
 
 _BUILD_SCRIPT = textwrap.dedent("""
     import sys
     import ntga_tfds
     import tensorflow_datasets as tfds
-    from ntga_tfds import configs
-    cfg = configs.ntga_config("eps16_t64", name="resume_test", nb_iter=3,
-                              block_size=96, max_train_examples=480,
-                              max_test_examples=50)
+    from ntga_tfds import families
+    cfg = families.get("ntga").config(
+        "eps16_t64", name="resume_test", nb_iter=3, block_size=96,
+        max_train_examples=480, max_test_examples=50)
     builder = tfds.builder("digits_ntga", config=cfg, data_dir=sys.argv[1])
     builder.download_and_prepare()
-    print("BLOCKS_RESUMED", builder.info.metadata["blocks_resumed"])
+    print("UNITS_RESUMED", builder.info.metadata["units_resumed"])
 """)
 
 
@@ -328,7 +371,7 @@ def test_killed_build_resumes_to_identical_bytes(tmp_path):
   proc = _build(killed_dir)
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
-    if len(list(ckpt.glob("*/block_*.npy"))) >= 2:
+    if len(list(ckpt.glob("*/unit_*.npz"))) >= 2:
       break
     time.sleep(0.02)
   assert proc.poll() is None, "the build ended before it could be killed:\n" \
@@ -336,7 +379,7 @@ def test_killed_build_resumes_to_identical_bytes(tmp_path):
   proc.send_signal(signal.SIGKILL)   # mid-way: 2 of 5 blocks done
   proc.wait()
   proc.stdout.close()
-  done = len(list(ckpt.glob("*/block_*.npy")))
+  done = len(list(ckpt.glob("*/unit_*.npz")))
   assert 2 <= done < 5
   # A killed build is not a dataset.
   builder = tfds.builder("digits_ntga", data_dir=killed_dir,
@@ -348,14 +391,14 @@ def test_killed_build_resumes_to_identical_bytes(tmp_path):
   resumed = _build(killed_dir)
   out, _ = resumed.communicate(timeout=600)
   assert resumed.returncode == 0, out
-  assert f"BLOCKS_RESUMED {done}" in out
-  assert not list(ckpt.glob("*/block_*.npy"))  # removed once complete
+  assert f"UNITS_RESUMED {done}" in out
+  assert not list(ckpt.glob("*/unit_*.npz"))  # removed once complete
 
   # The same build, uninterrupted (here, in-process).
   clean = tfds.builder("digits_ntga", data_dir=clean_dir,
                        config=builder.builder_config)
   clean.download_and_prepare()
-  assert clean.info.metadata["blocks_resumed"] == 0
+  assert clean.info.metadata["units_resumed"] == 0
   assert _stored_examples(killed_dir) == _stored_examples(clean_dir)
   a, b = _arrays(killed_dir, builder.builder_config), _arrays(
       clean_dir, builder.builder_config)

@@ -1,6 +1,6 @@
 """The AMX Gram matrix against 8-bit validation images (`_gram`).
 
-`transforms/_native/gram_amx.cc` computes c0 = (u / 255) x^T / d and its
+`transforms/ntga/_native/gram_amx.cc` computes c0 = (u / 255) x^T / d and its
 gradient in x with bfloat16 tiles: u exact, x (or the cotangent) split into
 three bfloat16 parts. Checked here, against float64 numpy: values and
 gradient within a small factor of the float32 XLA matmul's own error, at

@@ -1,6 +1,6 @@
 """The VNNI Gram matrix against 8-bit validation images (`_gram`).
 
-`transforms/_native/gram_vnni.cc` computes c0 = (u / 255)(v / 255)^T / d
+`transforms/ntga/_native/gram_vnni.cc` computes c0 = (u / 255)(v / 255)^T / d
 in exact integer arithmetic when the block x = v / 255 is on the 8-bit
 grid (`_gram` falls back to the float32 matmul off the grid), and the
 gradient dc^T x_val / d with the cotangent in three 8-bit digits per

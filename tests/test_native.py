@@ -1,6 +1,6 @@
 """The native (C++, XLA FFI) CNN kernel equals the pure-JAX one.
 
-`transforms/_native/cnn_ntk.cc` computes the same formulas as the pure-JAX
+`transforms/ntga/_native/cnn_ntk.cc` computes the same formulas as the pure-JAX
 `_cnn_ntk` kernel (itself tested against neural-tangents in
 test_kernels.py), in float32 on the CPU: values, gradients w.r.t. both
 arguments, and the self-kernel K(x, x) with its gradient, at MNIST- and

@@ -19,7 +19,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import ntga_tfds  # noqa: F401  (registers the builders)
-from ntga_tfds import configs
+from ntga_tfds import families
 from ntga_tfds import sources
 from ntga_tfds.transforms import ntga
 
@@ -56,7 +56,7 @@ def _check_against_clean(builder, source, manual_dir, eps_levels):
   np.testing.assert_array_equal(test["image"], clean_test.images[tidx])
   np.testing.assert_array_equal(test["label"], clean_test.labels[tidx])
   meta = builder.info.metadata
-  assert meta["perturbation"]["linf_max_levels"] == eps_levels
+  assert meta["stats"]["linf_max_levels"] == eps_levels
   assert meta["source"]["origin"] == str(pathlib.Path(manual_dir).resolve())
   order = np.argsort(idx)
   return (x_clean[order], train["image"][order], y_clean[order],
@@ -91,7 +91,7 @@ def test_mnist_build_on_the_command_line_offline(shared_data, tmp_path):
                                            "tensorflow-datasets"}
   assert meta["generation_seconds"] > 0 and meta["generated_at"]
   clean_acc, poisoned_acc = _accuracies(
-      builder.builder_config.attack_config(), x_clean, x_poison, y, x_test,
+      builder.builder_config.attack, x_clean, x_poison, y, x_test,
       y_test)
   # Measured: 0.72 -> 0.14 (1,024 training and 1,024 test images).
   assert clean_acc > 0.6
@@ -99,8 +99,8 @@ def test_mnist_build_on_the_command_line_offline(shared_data, tmp_path):
 
 
 def test_cifar10_build_offline(shared_data, tmp_path):
-  cfg = configs.ntga_config("eps8_t64", max_train_examples=1024,
-                            max_test_examples=1000)
+  cfg = families.get("ntga").config("eps8_t64", max_train_examples=1024,
+                                    max_test_examples=1000)
   builder = tfds.builder("cifar10_ntga", config=cfg, data_dir=tmp_path)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=str(shared_data / "cifar10")))
@@ -108,7 +108,7 @@ def test_cifar10_build_offline(shared_data, tmp_path):
       builder, "cifar10", shared_data / "cifar10", eps_levels=8)
   assert len(y) == 1024 and len(y_test) == 1000
   clean_acc, poisoned_acc = _accuracies(
-      cfg.attack_config(), x_clean, x_poison, y, x_test, y_test)
+      cfg.attack, x_clean, x_poison, y, x_test, y_test)
   # Measured: 0.265 -> 0.234 on this small subset (t=64, 204 validation
   # images per block); the surrogate is weak on 1,024 CIFAR-10 images.
   assert clean_acc > 0.2

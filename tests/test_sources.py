@@ -187,7 +187,7 @@ def test_official_size_files_must_be_the_official_ones(shared_data):
 
 
 def test_mnist_malformed_and_missing_files(tmp_path):
-  dummy = BUILDERS / "mnist_ntga" / "dummy_data"
+  dummy = BUILDERS / "dummy_data" / "mnist"
   d = tmp_path / "m"
   shutil.copytree(dummy, d)
   with pytest.raises(sources.MissingSourceError,
@@ -227,10 +227,15 @@ def test_mnist_through_tfds_equals_the_offline_reader(shared_data, tmp_path):
 # ------------------------------------------------------------- ImageNet
 
 
-def test_imagenet2_folder_reader(tmp_path):
-  dummy = BUILDERS / "imagenet2_ntga" / "dummy_data"
-  train = sources.load_source("imagenet2", "train", manual_dir=dummy)
-  test = sources.load_source("imagenet2", "test", manual_dir=dummy)
+def test_imagenet_bulbul_jellyfish_folder_reader(tmp_path):
+  dummy = BUILDERS / "dummy_data" / "imagenet_bulbul_jellyfish"
+  train = sources.load_source("imagenet_bulbul_jellyfish", "train",
+                              manual_dir=dummy)
+  test = sources.load_source("imagenet_bulbul_jellyfish", "test",
+                             manual_dir=dummy)
+  # The old name still works.
+  assert sources.load_source("imagenet2", "test", manual_dir=dummy).sha256 \
+      == test.sha256
   assert train.images.shape == (12, 224, 224, 3)
   assert test.images.shape == (4, 224, 224, 3)
   assert np.bincount(train.labels).tolist() == [6, 6]

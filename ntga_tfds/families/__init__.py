@@ -219,6 +219,11 @@ class Family:
   def builder_name(self, source: str) -> str:
     return f"{source}_{self.name}"
 
+  def card_values(self, source: str) -> Dict[str, str]:
+    """Extra `$names` for `card_template` (override)."""
+    del source
+    return {}
+
   def card(self, source: str) -> dict:
     """The card files of `<source>_<family>` (README.md, CITATIONS.bib,
     TAGS.txt), from `card_template` filled per source (`cards.render`)."""

@@ -1,5 +1,5 @@
 // The NTGA CNN surrogate's NTK and its gradient, as XLA FFI custom calls
-// for the CPU (float32). Same formulas as `transforms/_cnn_ntk.py` (see its
+// for the CPU (float32). Same formulas as `transforms/ntga/_cnn_ntk.py` (see its
 // module docstring); this file only organises them for the CPU:
 //
 // * The x1 images are packed in tiles of kLanes images, image index minor:

@@ -1,6 +1,6 @@
 // The NTGA FNN surrogate's NTK from its Gram matrix, and the kernel's
 // cotangents, as XLA FFI custom calls for the CPU (float32). Same recursion
-// as `transforms/_fnn_ntk.py` (see its module docstring):
+// as `transforms/ntga/_fnn_ntk.py` (see its module docstring):
 //
 //   g = W^2 c + b^2,  kp = g + W^2 k,  det = a1 a2 - 4 g^2,  r = det^-1/2,
 //   k <- kp r 4/pi,   c <- 2/pi atan(2 g r),   a = 1 + 2 q (per example).
