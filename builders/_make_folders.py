@@ -52,7 +52,7 @@ def expected_files():
   from ntga_tfds import families  # pylint: disable=g-import-not-at-top
   from ntga_tfds import testing  # pylint: disable=g-import-not-at-top
   out = {}
-  for fam_name in families.names():
+  for fam_name in families.names(packaged_only=True):
     fam = families.get(fam_name)
     for source in fam.grid:
       name = fam.builder_name(source)

@@ -226,10 +226,11 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
     splits = {}
     for name, columns in result.splits.items():
       splits[name] = self._generate_examples(columns, defaults)
-    idx = np.arange(len(test), dtype=np.int64)
-    splits["test"] = self._generate_examples(
-        {"image": test.images, "label": test.labels, "index": idx,
-         "key": idx}, defaults)
+    if "test" not in splits:  # the clean test split, unless the job made one
+      idx = np.arange(len(test), dtype=np.int64)
+      splits["test"] = self._generate_examples(
+          {"image": test.images, "label": test.labels, "index": idx,
+           "key": idx}, defaults)
     return splits
 
   def _generation_metadata(self, cfg, job, result, train, test):

@@ -557,6 +557,77 @@ def write_targeted_outputs(report: dict, output_dir: str, *, targets,
   return files + [json_path]
 
 
+# -------------------------------------------------------- added points ---
+
+
+def evaluate_additive_arrays(train: Arrays, is_poison: np.ndarray,
+                             test: Arrays, *,
+                             victims: Sequence[str] = ("cnn",),
+                             seeds: int | Sequence[int] = 1,
+                             epochs: int | None = None,
+                             batch_size: int | None = None,
+                             learning_rate: float | None = None,
+                             num_classes: int | None = None,
+                             metadata: Mapping | None = None,
+                             progress: bool = True) -> dict:
+  """Victims trained on the clean points alone and with the added poisons.
+
+  Args:
+    train: `(x (N, H, W, C) uint8, y (N,))`, clean points and poisons.
+    is_poison: `(N,)` bool, True for the added points.
+    test: clean `(x, y)`.
+    Others: as `evaluate_arrays`.
+
+  Returns:
+    The report: `results[victim][set]` for "clean" (without the poisons)
+    and "poisoned" (with them): peak and final test accuracy statistics and,
+    for "poisoned", the `drop` from clean.
+  """
+  x, y = (np.asarray(a) for a in train)
+  is_poison = np.asarray(is_poison, bool)
+  sets = {CLEAN: (x[~is_poison], y[~is_poison]), POISONED: (x, y)}
+  x_test, y_test = (np.asarray(a) for a in test)
+  if num_classes is None:
+    num_classes = int(max(y.max(), y_test.max())) + 1
+  report = {**(metadata or {}), "mode": "additive", "victims": list(victims),
+            "seeds": _seed_list(seeds), "num_poisons": int(is_poison.sum()),
+            "num_clean": int((~is_poison).sum()), "results": {},
+            "settings": {}}
+  for victim in victims:
+    per_set = report["results"][victim] = {"none": {}}
+    for name, (xs, ys) in sets.items():
+      runs = [victims_lib.train(
+          victim, (xs, ys), test=(x_test, y_test), num_classes=num_classes,
+          epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+          seed=seed, progress=progress, desc=f"{victim}/{name}/seed{seed}")
+              for seed in report["seeds"]]
+      hist = [r.history for r in runs]
+      report["settings"][victim] = {"epochs": runs[0].epochs,
+                                    "batch_size": runs[0].batch_size,
+                                    "learning_rate": runs[0].learning_rate}
+      per_set["none"][name] = {
+          "peak": _stats([h.peak_test_accuracy for h in hist]),
+          "final": _stats([h.final_test_accuracy for h in hist])}
+    c, p_ = per_set["none"][CLEAN], per_set["none"][POISONED]
+    p_["drop"] = {k: c[k]["mean"] - p_[k]["mean"] for k in ("peak", "final")}
+  return report
+
+
+def _family_splits(dataset: str):
+  from ntga_tfds import families  # pylint: disable=g-import-not-at-top
+  try:
+    fam = families.split_builder_name(dataset.partition("/")[0])[1]
+  except ValueError:
+    return None
+  return fam
+
+
+def _is_additive(dataset: str) -> bool:
+  fam = _family_splits(dataset)
+  return bool(fam and "is_poison" in fam.columns
+              and "target" not in fam.splits)
+
+
 def _is_targeted(dataset: str, data_dir: str | None) -> bool:
   from ntga_tfds import families  # pylint: disable=g-import-not-at-top
   name = dataset.partition("/")[0]
@@ -595,6 +666,24 @@ def evaluate(dataset: str, *, victims: Sequence[str] = ("cnn",),
     victims_lib.get(name)
   for d in defenses:
     defenses_lib.parse(d)
+  if _is_additive(dataset):
+    builder = load_builder(dataset, data_dir=data_dir,
+                           manual_dir=manual_dir, build=build)
+    train, test = _read_split(builder, "train"), _read_split(builder, "test")
+    report = evaluate_additive_arrays(
+        (train["image"], train["label"]), train["is_poison"],
+        (test["image"], test["label"]), victims=victims, seeds=seeds,
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+        num_classes=builder.info.features["label"].num_classes,
+        metadata={"dataset": dataset, "source": _source_of(builder)},
+        progress=progress)
+    if output_dir:
+      os.makedirs(output_dir, exist_ok=True)
+      path = os.path.join(output_dir, "results.json")
+      report["files"] = ["results.json"]
+      with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    return report
   if _is_targeted(dataset, data_dir):
     train, clean, targets, test, poison, info = load_targeted(
         dataset, data_dir=data_dir, manual_dir=manual_dir, build=build)

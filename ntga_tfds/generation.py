@@ -192,7 +192,8 @@ def fingerprint(payload: Mapping[str, Any]) -> str:
 
 def _npz_bytes(arrays: Arrays) -> bytes:
   bio = io.BytesIO()
-  np.savez(bio, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
+  # np.asarray, not np.ascontiguousarray: the latter makes 0-d arrays 1-d.
+  np.savez(bio, **{k: np.asarray(v) for k, v in arrays.items()})
   return bio.getvalue()
 
 

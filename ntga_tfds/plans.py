@@ -74,7 +74,8 @@ def keyed_choice(seed: int, stream: int, candidates: np.ndarray,
   return np.sort(candidates[order[:size]])
 
 
-def _columns(images, labels, index, key, **extra) -> Arrays:
+def columns(images, labels, index, key, **extra) -> Arrays:
+  """A split as columns: `image` uint8, `label`, `index`, `key`, extras."""
   return {"image": np.asarray(images, np.uint8),
           "label": np.asarray(labels, np.int64),
           "index": np.asarray(index, np.int64),
@@ -263,11 +264,11 @@ class BlockJob(generation.Job):
     p = self.plan
     images = (np.concatenate([o["images"] for o in outputs])
               if outputs else self.x_train[:0])
-    splits = {"train": _columns(images, self.y_train[p.poison_indices],
+    splits = {"train": columns(images, self.y_train[p.poison_indices],
                                 p.poison_indices, p.poison_indices)}
     if p.heldout_indices.size:
       h = p.heldout_indices
-      splits["validation"] = _columns(self.x_train[h], self.y_train[h], h, h)
+      splits["validation"] = columns(self.x_train[h], self.y_train[h], h, h)
     return splits
 
   def stats(self, splits):
@@ -369,6 +370,9 @@ def make_target_plan(y_train: np.ndarray, y_test: np.ndarray, *,
             "unused training images; a budget of that many poisons cannot "
             "be drawn. Lower the budget.")
       a_cls = int(keyed_choice(seed, stream + 1, ok, 1)[0])
+    if t_cls == a_cls:
+      raise ValueError(f"The target class and the adversarial class are both "
+                       f"{t_cls}; they must differ.")
     cand_t = np.flatnonzero(y_test == t_cls)
     if cand_t.shape[0] < num_targets:
       raise ValueError(f"The test split has {cand_t.shape[0]} images of class "
@@ -473,10 +477,10 @@ class TargetedJob(generation.Job):
     t = p.target_indices.reshape(-1)
     adv = np.repeat(p.adversarial_labels, p.target_indices.shape[1])
     return {
-        "train": _columns(images, self.y_train, idx, idx,
+        "train": columns(images, self.y_train, idx, idx,
                           is_poison=is_poison,
                           adversarial_label=np.full(n, -1, np.int64)),
-        "target": _columns(self.x_test[t], self.y_test[t], t,
+        "target": columns(self.x_test[t], self.y_test[t], t,
                            np.arange(t.shape[0]),
                            is_poison=np.zeros(t.shape[0], bool),
                            adversarial_label=adv),
@@ -530,7 +534,10 @@ class AdditiveJob(generation.Job):
   `y_added`). `prepare_fn` as for `TargetedJob`.
 
   Splits: `train` = the clean training set, then the added points (`index`
-  -1, `is_poison` True).
+  -1, `is_poison` True); plus `extra_splits` as given (e.g. a `test` split
+  restricted to a task's classes, which replaces the builder's).
+  `source_index` is each clean example's index in its source split (default
+  its position: the job was given the whole split).
   """
   COLUMNS = {"is_poison": False}
   unit_noun = "batch"
@@ -541,9 +548,15 @@ class AdditiveJob(generation.Job):
                prepare_fn: Optional[Callable[..., Dict[str, Any]]] = None,
                shared_name: str = "shared", shared_seed: int = 0,
                shared_payload: Optional[Dict[str, Any]] = None,
-               steps_per_batch: int = 0):
+               steps_per_batch: int = 0,
+               source_index: Optional[np.ndarray] = None,
+               extra_splits: Optional[Dict[str, Arrays]] = None):
     self.x_train = _uint8_images("x_train", x_train)
     self.y_train = _labels("y_train", y_train, self.x_train.shape[0])
+    self.source_index = (np.arange(self.x_train.shape[0], dtype=np.int64)
+                         if source_index is None
+                         else np.asarray(source_index, np.int64))
+    self.extra_splits = dict(extra_splits or {})
     for name, v in (("num_poisons", num_poisons), ("batch_size", batch_size)):
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
@@ -563,7 +576,9 @@ class AdditiveJob(generation.Job):
 
   def payload(self):
     return {"config": generation.jsonable(self.config),
-            "plan": self.plan.to_json(), "num_classes": self.num_classes}
+            "plan": self.plan.to_json(), "num_classes": self.num_classes,
+            "source_index_sha256": generation.sha256_json(
+                self.source_index.tolist())}
 
   def prepare(self, cache):
     self.shared = _prepare(self, cache)
@@ -602,12 +617,13 @@ class AdditiveJob(generation.Job):
   def assemble(self, outputs):
     x_add, y_add = self._added(outputs)
     n, k = self.x_train.shape[0], x_add.shape[0]
-    return {"train": _columns(
+    return {"train": columns(
         np.concatenate([self.x_train, x_add]),
         np.concatenate([self.y_train, y_add]),
-        np.concatenate([np.arange(n), np.full(k, -1)]),
+        np.concatenate([self.source_index, np.full(k, -1)]),
         np.arange(n + k),
-        is_poison=np.concatenate([np.zeros(n, bool), np.ones(k, bool)]))}
+        is_poison=np.concatenate([np.zeros(n, bool), np.ones(k, bool)])),
+            **self.extra_splits}
 
   def stats(self, splits):
     del splits
@@ -652,7 +668,7 @@ def _labels(name, y, n) -> np.ndarray:
 
 
 __all__ = [
-    "keyed_scores", "keyed_choice", "BlockPlan", "make_block_plan",
+    "keyed_scores", "keyed_choice", "columns", "BlockPlan", "make_block_plan",
     "default_val_size", "BlockJob", "TargetPlan", "make_target_plan",
     "TargetedJob", "AdditivePlan", "AdditiveJob", "BLOCK_PROTOCOLS",
 ]

@@ -7,7 +7,7 @@ Every folder's test is one class:
 
 which builds every named config of the builder on its source's shared dummy
 data (`builders/dummy_data/<source>/`, one folder per source) and checks the
-splits' sizes (`Family.expected_splits`). Sources that need no files (the
+splits' sizes (`Family.expected_splits` of the clean labels). Sources that need no files (the
 digits, embedded in scikit-learn) are built on small subsets of the real
 data instead (`SUBSET`).
 """
@@ -66,13 +66,11 @@ class PoisonedBuilderTestCase(tfds.testing.DatasetBuilderTestCase):
           fam.config(c.name, **SUBSET) if subset else c.name
           for c in builder.BUILDER_CONFIGS]
     if "SPLITS" not in cls.__dict__:
-      n_train, n_test = ((SUBSET["max_train_examples"],
-                          SUBSET["max_test_examples"]) if subset
-                         else DUMMY_SIZES[source])
       first = cls.BUILDER_CONFIG_NAMES_TO_TEST[0]
       cfg = first if not isinstance(first, str) else \
           builder.BUILDER_CONFIGS[0]
-      cls.SPLITS = fam.expected_splits(cfg, n_train, n_test)
+      cls.SPLITS = fam.expected_splits(
+          cfg, *_labels(source, cfg, None if subset else cls.EXAMPLE_DIR))
 
   def _assertAsDataset(self, builder):  # pylint: disable=invalid-name
     super()._assertAsDataset(builder)
@@ -80,6 +78,16 @@ class PoisonedBuilderTestCase(tfds.testing.DatasetBuilderTestCase):
     if want is not None:  # configs that existed before the refactor
       got = {s: list(split_sha256(builder, s)) for s in builder.info.splits}
       self.assertEqual(got, want, "bytes differ from the recorded build")
+
+
+def _labels(source, cfg, manual_dir):
+  """The labels of the clean (train, test) splits `cfg` reads."""
+  from ntga_tfds import sources  # pylint: disable=g-import-not-at-top
+  return tuple(
+      sources.load_source(source, split, manual_dir=manual_dir,
+                          max_examples=limit).labels
+      for split, limit in (("train", cfg.max_train_examples),
+                           ("test", cfg.max_test_examples)))
 
 
 def split_sha256(builder, split: str):

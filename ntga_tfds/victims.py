@@ -121,6 +121,31 @@ def _cnn(x, num_classes):
   return layers.Dense(num_classes)(x)
 
 
+def _small_cnn(x, num_classes):
+  # The Witches' Brew surrogate "cnn" (transforms/witches_brew/_models.py).
+  x = layers.Conv2D(32, 3, padding="same", activation="relu")(x)
+  x = layers.MaxPool2D(2, 2)(x)
+  x = layers.Conv2D(64, 3, padding="same", activation="relu")(x)
+  x = layers.MaxPool2D(2, 2)(x)
+  x = layers.Flatten()(x)
+  x = layers.Dense(128, activation="relu")(x)
+  return layers.Dense(num_classes)(x)
+
+
+def _convnet(x, num_classes, width=32):
+  # forest's ConvNet, the Witches' Brew surrogate "convnet".
+  if min(x.shape[1:3]) < 9:
+    raise ValueError(f"convnet needs images of at least 9x9 (two 3x3 "
+                     f"poolings), got {tuple(x.shape[1:3])}.")
+  for features in (width, 2 * width, 2 * width, 4 * width):
+    x = layers.Conv2D(features, 3, padding="same", activation="relu")(x)
+  x = layers.MaxPool2D(3, 3)(x)
+  x = layers.Conv2D(4 * width, 3, padding="same", activation="relu")(x)
+  x = layers.MaxPool2D(3, 3)(x)
+  x = layers.Flatten()(x)
+  return layers.Dense(num_classes)(x)
+
+
 def _bn():
   # Moving statistics with momentum 0.9 (Keras' 0.99 needs thousands of
   # steps before test-time statistics settle: short runs would test badly).
@@ -197,6 +222,16 @@ VICTIMS: dict[str, Victim] = {
         Victim("cnn", _cnn, Recipe(**_ADAM),
                "2 x [Conv 64 5x5, MaxPool 3/2, BatchNorm], Dense 384, "
                "Dropout 0.5, Dense 192; cross-entropy, Adam"),
+        Victim("small_cnn", _small_cnn,
+               Recipe(**{**_ADAM, "epochs": 10, "batch_size": 128,
+                         "standardize": True}),
+               "Conv 32 3x3, MaxPool 2, Conv 64 3x3, MaxPool 2, Dense 128 "
+               "(the Witches' Brew `cnn` surrogate); standardised, Adam"),
+        Victim("convnet", _convnet,
+               Recipe(**{**_ADAM, "epochs": 20, "batch_size": 128,
+                         "standardize": True}),
+               "forest's ConvNet, width 32 (the Witches' Brew `convnet` "
+               "surrogate); standardised, Adam"),
         Victim("resnet18", _resnet18, Recipe(epochs=200, **_SGD_COSINE),
                "ResNet-18 (CIFAR stem below 128 px); crop+flip, SGD "
                "momentum 0.9, cosine"),

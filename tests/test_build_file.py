@@ -16,7 +16,7 @@ load("@rules_python//python:defs.bzl", "py_library", "py_test")
 package(default_visibility = ["//visibility:public"])
 '''
 THIRD_PARTY = {
-    "transforms": ["jax", "jaxlib", "neural_tangents", "numpy",
+    "transforms": ["jax", "jaxlib", "neural_tangents", "flax", "optax", "numpy",
                    "threadpoolctl"],
     "ntga_tfds": ["tensorflow", "tensorflow_datasets", "keras", "absl_py",
                   "scikit_learn", "matplotlib", "tqdm", "numpy"],

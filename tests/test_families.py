@@ -166,9 +166,9 @@ class ToyTargeted(families.Family):
                              plan=plan, num_classes=spec.num_classes,
                              steps_per_group=1)
 
-  def expected_splits(self, cfg, n_train, n_test):
-    return {"train": n_train, "target": cfg.num_targets * cfg.num_groups,
-            "test": n_test}
+  def expected_splits(self, cfg, y_train, y_test):
+    return {"train": len(y_train), "target": cfg.num_targets * cfg.num_groups,
+            "test": len(y_test)}
 
 
 families.register(ToyTargeted())
@@ -223,8 +223,9 @@ class ToyAdditive(families.Family):
                              batch_size=2, num_classes=spec.num_classes,
                              seed=cfg.seed)
 
-  def expected_splits(self, cfg, n_train, n_test):
-    return {"train": n_train + cfg.attack.num_poisons, "test": n_test}
+  def expected_splits(self, cfg, y_train, y_test):
+    return {"train": len(y_train) + cfg.attack.num_poisons,
+            "test": len(y_test)}
 
 
 families.register(ToyAdditive())
@@ -397,3 +398,33 @@ def test_every_registered_family_is_complete():
       assert cfgs and len({c.name for c in cfgs}) == len(cfgs)
       for c in cfgs:
         assert fam.parse_name(c.name)  # named configs are grammar names
+
+
+def test_evaluate_reports_attack_success_for_targeted_datasets(tmp_path):
+  out = tmp_path / "out"
+  report = evaluate.evaluate(
+      "digits_toy_targeted/eps16", victims=["fnn_relu"], seeds=1, epochs=1,
+      data_dir=str(tmp_path), output_dir=str(out), progress=False)
+  assert report["mode"] == "targeted" and report["num_targets"] == 4
+  for name in ("poisoned", "clean"):
+    r = report["results"]["fnn_relu"][name]
+    assert 0.0 <= r["success"]["mean"] <= 1.0
+    assert len(r["target_predictions"]) == 1
+    assert len(r["target_predictions"][0]) == 4
+    assert r["final"]["mean"] > 0.3  # the victim learned the digits
+  assert report["num_poisons"] == 2 * round(0.02 * 1442)  # 2 groups
+  assert {"targets.png", "poisons.png", "results.json"} <= {
+      p.name for p in out.iterdir()}
+  assert "attack success" in evaluate.format_targeted_table(report)
+
+
+def test_evaluate_compares_with_and_without_added_points(tmp_path):
+  report = evaluate.evaluate(
+      "digits_toy_additive/n6", victims=["fnn_relu"], seeds=1, epochs=1,
+      data_dir=str(tmp_path), progress=False)
+  assert report["mode"] == "additive"
+  assert (report["num_poisons"], report["num_clean"]) == (6, 1442)
+  by_set = report["results"]["fnn_relu"]["none"]
+  assert set(by_set) == {"clean", "poisoned"}
+  assert "drop" in by_set["poisoned"]
+  assert "poisoned" in evaluate.format_table(report)

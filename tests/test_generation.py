@@ -405,3 +405,14 @@ def test_killed_build_resumes_to_identical_bytes(tmp_path):
   for split in a:
     for feature in ("image", "label", "index"):
       assert a[split][feature].tobytes() == b[split][feature].tobytes()
+
+
+def test_checkpoints_keep_every_array_exactly(tmp_path):
+  store = generation.CheckpointStore(tmp_path, {"x": 1})
+  arrays = {"scalar": np.asarray(3, np.int64), "text": np.asarray("cnn"),
+            "f": np.arange(6, dtype=np.float32).reshape(2, 3)[:, ::2]}
+  store.save(0, arrays)
+  back = store.load(0)
+  for k, v in arrays.items():
+    assert back[k].shape == v.shape and back[k].dtype == v.dtype, k
+    np.testing.assert_array_equal(back[k], v)

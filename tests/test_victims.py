@@ -13,6 +13,8 @@ from ntga_tfds import defenses
 from ntga_tfds import victims
 
 PAPER_VICTIMS = {"fnn", "fnn_relu", "cnn", "resnet18", "densenet121"}
+# Keras twins of the Witches' Brew surrogates (same layers).
+SURROGATE_VICTIMS = {"small_cnn", "convnet"}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def _convs(model):
 
 
 def test_registry_holds_the_papers_victims():
-  assert set(victims.VICTIMS) == PAPER_VICTIMS
+  assert set(victims.VICTIMS) == PAPER_VICTIMS | SURROGATE_VICTIMS
   r = {n: victims.get(n).recipe for n in PAPER_VICTIMS}
   assert (r["fnn"].loss, r["fnn"].optimizer, r["fnn"].learning_rate) == (
       "mse", "sgd", 1e-3)
@@ -51,8 +53,12 @@ def test_unknown_victim_is_a_value_error_naming_the_choices():
 
 
 @pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1), (32, 32, 3)])
-@pytest.mark.parametrize("name", sorted(PAPER_VICTIMS))
+@pytest.mark.parametrize("name", sorted(PAPER_VICTIMS | SURROGATE_VICTIMS))
 def test_every_victim_builds_for_every_input_shape(name, shape):
+  if name == "convnet" and shape[0] < 9:
+    with pytest.raises(ValueError, match="at least 9x9"):
+      victims.build(name, input_shape=shape, num_classes=7, seed=0)
+    return
   model = victims.build(name, input_shape=shape, num_classes=7, seed=0)
   assert model.input_shape == (None,) + shape
   out = model(np.random.default_rng(0).random((2,) + shape, np.float32))

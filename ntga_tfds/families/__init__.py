@@ -104,11 +104,11 @@ class Family:
     del cfg
     return {}
 
-  def expected_splits(self, cfg, n_train: int, n_test: int) -> Dict[str, int]:
-    """Split sizes of `cfg` on `n_train` / `n_test` clean examples (what the
-    builder tests expect)."""
+  def expected_splits(self, cfg, y_train, y_test) -> Dict[str, int]:
+    """Split sizes of `cfg` built on clean splits with these labels (what
+    the builder tests expect)."""
     del cfg
-    return {"train": n_train, "test": n_test}
+    return {"train": len(y_train), "test": len(y_test)}
 
   def control_config(self, cfg) -> Optional[str]:
     """The config name of `cfg`'s control in the `control` family."""
@@ -261,9 +261,13 @@ def get(name: str) -> Family:
   return _REGISTRY[name]
 
 
-def names() -> Tuple[str, ...]:
+def names(*, packaged_only: bool = False) -> Tuple[str, ...]:
+  """Registered family names; `packaged_only`: only this package's own
+  (`ntga_tfds/families/*.py`), not families registered by other code."""
   _discover()
-  return tuple(sorted(_REGISTRY))
+  return tuple(sorted(
+      n for n, f in _REGISTRY.items()
+      if not packaged_only or type(f).__module__.startswith(__name__ + ".")))
 
 
 def split_builder_name(builder_name: str) -> Tuple[str, Family]:

@@ -258,7 +258,8 @@ training on the poisoned vs the clean images.
         steps_per_block=1 if config.optimizer == "as_published"
         else config.nb_iter)
 
-  def expected_splits(self, cfg, n_train, n_test):
+  def expected_splits(self, cfg, y_train, y_test):
+    n_train, n_test = len(y_train), len(y_test)
     if cfg.protocol != "paper":
       return {"train": n_train, "test": n_test}
     held = cfg.val_size or plans.default_val_size(n_train)

@@ -1,0 +1,1 @@
+"""mnist_back_gradient: MNIST, training set poisoned by back-gradient poisoning."""

@@ -1,0 +1,1 @@
+"""mnist_witches_brew: MNIST, training set poisoned by Witches' Brew."""
