@@ -90,6 +90,9 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
         try:
           cfg = self.family().config_from_name(name)
         except ValueError as e:
+          cfg = self._built_config(name)
+          if cfg is not None:
+            return super()._create_builder_config(cfg, version)
           named = ", ".join(c.name for c in self.BUILDER_CONFIGS)
           raise ValueError(
               f"{self.name} has no config {name!r}: {e} Named configs: "
@@ -112,6 +115,27 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
               "another name.")
         builder_config = named
     return super()._create_builder_config(builder_config, version)
+
+  def _built_config(self, name: str):
+    """The config of an already built `<data_dir>/<builder>/<name>/` (one
+    made from a config object, whose hashed name the grammar cannot parse),
+    from its stored metadata; None if there is none."""
+    import json  # pylint: disable=g-import-not-at-top
+    from tensorflow_datasets.core import constants  # pylint: disable=g-import-not-at-top
+    data_dir = (self._original_state.get("data_dir")
+                or os.environ.get("TFDS_DATA_DIR") or constants.DATA_DIR)
+    folder = epath.Path(os.path.expanduser(data_dir)) / self.name / name
+    if not folder.is_dir():
+      return None
+    for version in sorted(folder.iterdir(), reverse=True):
+      meta = version / "metadata.json"
+      if meta.exists():
+        try:
+          stored = json.loads(meta.read_text())["builder_config"]
+          return self.family().config_from_json(stored)
+        except (KeyError, ValueError, TypeError):
+          return None
+    return None
 
   # -- info ---------------------------------------------------------------
 

@@ -557,6 +557,164 @@ def write_targeted_outputs(report: dict, output_dir: str, *, targets,
   return files + [json_path]
 
 
+# ------------------------------------------------- transfer learning -----
+
+
+def _finetune(model, train, *, num_classes, setting, epochs, batch_size,
+              seed, learning_rate=None):
+  """A copy of `model` fine-tuned on `train`: its last layer only
+  ("transfer", the rest frozen) or every layer ("e2e")."""
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(seed)
+  tuned = keras.models.clone_model(model)
+  tuned.set_weights(model.get_weights())
+  if setting == "transfer":
+    for layer in tuned.layers[:-1]:
+      layer.trainable = False
+  lr = learning_rate or (1e-3 if setting == "transfer" else 1e-4)
+  tuned.compile(optimizer=keras.optimizers.Adam(lr),
+                loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+  x, y = train
+  tuned.fit(victims_lib.make_dataset(np.asarray(x), np.asarray(y),
+                                     num_classes=num_classes,
+                                     batch_size=batch_size,
+                                     shuffle_seed=seed),
+            epochs=epochs, verbose=0)
+  return tuned
+
+
+def _accuracy(model, x, y) -> float:
+  pred = np.argmax(model.predict(victims_lib.as_float(x), verbose=0,
+                                 batch_size=1024), -1)
+  return float(np.mean(pred == np.asarray(y)))
+
+
+def evaluate_finetune_arrays(pretrain: Arrays, finetunes: Mapping[str, dict],
+                             test: Arrays, *,
+                             victims: Sequence[str] = ("small_cnn",),
+                             seeds: int | Sequence[int] = 1,
+                             settings: Sequence[str] = ("transfer",),
+                             pretrain_epochs: int | None = None,
+                             finetune_epochs: int = 10,
+                             batch_size: int = 64,
+                             num_classes: int | None = None,
+                             metadata: Mapping | None = None,
+                             progress: bool = True) -> dict:
+  """Attack success in the transfer-learning setting (Convex Polytope).
+
+  Each victim is pretrained once per seed on the clean `pretrain` set, then,
+  for every fine-tuning set (one per target), fine-tuned on it, poisoned and
+  clean, in each `settings` ("transfer": last layer; "e2e": every layer),
+  and asked to classify the targets.
+
+  Args:
+    pretrain: clean `(x, y)` the victims are pretrained on.
+    finetunes: name -> {"train": poisoned (x, y), "clean": the clean
+      originals (x, y), "targets": (x, y, adversarial)}.
+    test: clean `(x, y)`.
+    victims, seeds, progress: as `evaluate_arrays`.
+    settings: fine-tuning settings to evaluate.
+    pretrain_epochs: default the victim's recipe.
+    finetune_epochs, batch_size: of the fine-tuning.
+    num_classes: default `1 + max label`.
+    metadata: extra fields stored at the top of the report.
+
+  Returns:
+    The report: `results[victim][setting][name][set]` for set "poisoned" and
+    "clean": `success` statistics over seeds, per-seed `predictions`, and
+    the test accuracy after fine-tuning; `results[victim]["pretrained"]`:
+    the pretrained victims' test accuracy; `summary[victim][setting]`: the
+    success rate over every target and seed.
+  """
+  for name in victims:
+    victims_lib.get(name)
+  for setting in settings:
+    if setting not in ("transfer", "e2e"):
+      raise ValueError(f"settings must be 'transfer' or 'e2e', got "
+                       f"{setting!r}.")
+  seed_values = _seed_list(seeds)
+  x_test, y_test = (np.asarray(a) for a in test)
+  if num_classes is None:
+    num_classes = int(max(np.max(pretrain[1]), y_test.max())) + 1
+  report = {**(metadata or {}), "mode": "finetune", "victims": list(victims),
+            "seeds": seed_values, "settings": list(settings),
+            "targets": list(finetunes), "results": {}, "summary": {}}
+  for victim in victims:
+    res = report["results"][victim] = {"pretrained": []}
+    runs = {}
+    for seed in seed_values:
+      run = victims_lib.train(
+          victim, (np.asarray(pretrain[0]), np.asarray(pretrain[1])),
+          test=(x_test, y_test), num_classes=num_classes,
+          epochs=pretrain_epochs, seed=seed, progress=progress,
+          desc=f"{victim}/pretrain/seed{seed}")
+      runs[seed] = run.model
+      res["pretrained"].append(run.history.final_test_accuracy)
+    for setting in settings:
+      by_name = res[setting] = {}
+      hits_all = []
+      for name, ft in finetunes.items():
+        x_t, _, adv = (np.asarray(a) for a in ft["targets"])
+        by_name[name] = {}
+        for set_name in ("poisoned", "clean"):
+          data = ft["train"] if set_name == "poisoned" else ft["clean"]
+          preds, accs = [], []
+          for seed in seed_values:
+            tuned = _finetune(runs[seed], data, num_classes=num_classes,
+                              setting=setting, epochs=finetune_epochs,
+                              batch_size=batch_size, seed=seed)
+            preds.append(np.argmax(tuned.predict(
+                victims_lib.as_float(x_t), verbose=0), -1).tolist())
+            accs.append(_accuracy(tuned, x_test, y_test))
+          hits = (np.asarray(preds) == adv[None, :]).mean(axis=1)
+          if set_name == "poisoned":
+            hits_all.extend(hits.tolist())
+          by_name[name][set_name] = {"success": _stats(hits),
+                                     "predictions": preds,
+                                     "test_accuracy": _stats(accs)}
+      report["summary"].setdefault(victim, {})[setting] = {
+          "success": _stats(hits_all) if hits_all else None}
+  return report
+
+
+def format_finetune_table(report: Mapping) -> str:
+  head = ("victim", "setting", "target", "success % poisoned",
+          "success % clean", "acc % poisoned")
+  rows = [head]
+  for victim, res in report["results"].items():
+    for setting in report["settings"]:
+      for name, r in res[setting].items():
+        rows.append((victim, setting, name,
+                     f"{100 * r['poisoned']['success']['mean']:.0f}",
+                     f"{100 * r['clean']['success']['mean']:.0f}",
+                     f"{100 * r['poisoned']['test_accuracy']['mean']:.2f}"))
+  widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+  lines.insert(1, "  ".join("-" * w for w in widths))
+  return "\n".join(lines)
+
+
+def load_finetune(dataset: str, *, data_dir: str | None = None,
+                  manual_dir: str | None = None, build: bool = True):
+  """(pretrain (x, y), fine-tuning dict, test (x, y), setting, info) of a
+  dataset with a `pretrain` split."""
+  builder = load_builder(dataset, data_dir=data_dir, manual_dir=manual_dir,
+                         build=build)
+  pre = _read_split(builder, "pretrain")
+  train, clean, targets, test, poison, info = load_targeted(
+      dataset, data_dir=data_dir, manual_dir=manual_dir, build=False)
+  attack = builder.builder_config.attack
+  setting = "e2e" if getattr(attack, "end_to_end", False) else "transfer"
+  return ((pre["image"], pre["label"]),
+          {"train": train, "clean": clean, "targets": targets}, test,
+          setting, {**info, "num_poisons": int(poison.sum())})
+
+
+def _has_split(dataset: str, split: str) -> bool:
+  fam = _family_splits(dataset)
+  return bool(fam and split in fam.splits)
+
+
 # -------------------------------------------------------- added points ---
 
 
@@ -684,6 +842,19 @@ def evaluate(dataset: str, *, victims: Sequence[str] = ("cnn",),
       with open(path, "w") as f:
         json.dump(report, f, indent=1)
     return report
+  if _has_split(dataset, "pretrain"):
+    pre, ft, test, setting, info = load_finetune(
+        dataset, data_dir=data_dir, manual_dir=manual_dir, build=build)
+    report = evaluate_finetune_arrays(
+        pre, {dataset: ft}, test, victims=victims, seeds=seeds,
+        settings=(setting,), pretrain_epochs=epochs,
+        metadata=info, progress=progress)
+    if output_dir:
+      os.makedirs(output_dir, exist_ok=True)
+      report["files"] = ["results.json"]
+      with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return report
   if _is_targeted(dataset, data_dir):
     train, clean, targets, test, poison, info = load_targeted(
         dataset, data_dir=data_dir, manual_dir=manual_dir, build=build)
@@ -761,8 +932,9 @@ def _from_flags(fv: flags.FlagValues) -> dict:
       data_dir=fv.data_dir, manual_dir=fv.manual_dir, build=fv.build,
       output_dir=output_dir, examples_per_class=fv.examples_per_class,
       progress=fv.progress)
-  print(format_targeted_table(report) if report.get("mode") == "targeted"
-        else format_table(report))
+  formats = {"targeted": format_targeted_table,
+             "finetune": format_finetune_table}
+  print(formats.get(report.get("mode"), format_table)(report))
   print(f"\nWrote {', '.join(report['files'])} to {output_dir}")
   return report
 

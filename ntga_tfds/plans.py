@@ -487,11 +487,12 @@ class TargetedJob(generation.Job):
     }
 
   def stats(self, splits):
-    p = self.plan.poison_indices.reshape(-1)
+    tr = splits["train"]
+    rows = np.flatnonzero(tr["is_poison"])
     return {**generation.perturbation_stats(
-        self.x_train[p], splits["train"]["image"][p]),
-            "num_poisons": int(p.shape[0]),
-            "budget": p.shape[0] / self.x_train.shape[0]}
+        self.x_train[tr["index"][rows]], tr["image"][rows]),
+            "num_poisons": int(rows.shape[0]),
+            "budget": rows.shape[0] / tr["index"].shape[0]}
 
 
 # ---------------------------------------------------------------------------

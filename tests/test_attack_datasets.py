@@ -150,3 +150,60 @@ def test_back_gradient_dataset_adds_points_and_resumes(tmp_path, digits):
   assert (resumed.units_resumed, resumed.units_computed) == (1, 2)
   assert resumed.splits["train"]["image"].tobytes() == tr["image"].tobytes()
   assert resumed.splits["train"]["label"].tobytes() == tr["label"].tobytes()
+
+
+CP = families.get("convex_polytope")
+
+
+def test_convex_polytope_names_say_their_settings():
+  cfg = CP.config("eps25_poisons5_e2e_seed3_fast")
+  assert cfg.name == "eps25_poisons5_e2e_seed3_fast"
+  a = cfg.attack
+  assert (a.num_poisons, a.end_to_end, a.dropout, a.steps) == (
+      5, True, (0.2,), 1000)
+  assert cfg.seed == 3
+  assert CP.config("eps25_poisons5_transfer_seed0").attack.steps == 4000
+  with pytest.raises(ValueError, match="Grammar"):
+    CP.config("eps25_poisons5_seed0")
+
+
+def test_convex_polytope_dataset_and_its_transfer_evaluation(tmp_path,
+                                                             digits):
+  from ntga_tfds import evaluate
+  train_src, _ = digits
+  cfg = CP.config("eps25_poisons5_transfer_seed0_fast", substitute_epochs=1,
+                  steps=5, substitutes=("cnn", "mlp"))
+  builder = tfds.builder("digits_convex_polytope", config=cfg,
+                         data_dir=tmp_path)
+  builder.download_and_prepare()
+  pre, tr = _read(builder, "pretrain"), _read(builder, "train")
+  assert len(tr["index"]) == 100 and len(pre["index"]) == 1342
+  assert not set(pre["index"]) & set(tr["index"])
+  assert not pre["is_poison"].any() and tr["is_poison"].sum() == 5
+  np.testing.assert_array_equal(pre["image"],
+                                train_src.images[pre["index"]])
+  target = _read(builder, "target")
+  base = int(target["adversarial_label"][0])
+  assert set(tr["label"][tr["is_poison"]]) == {base}
+  delta = tr["image"].astype(int) - train_src.images[tr["index"]]
+  assert np.abs(delta).max() <= 25
+  assert not delta[~tr["is_poison"]].any()
+  # The same pretrain split for every target seed.
+  other = tfds.builder("digits_convex_polytope", data_dir=tmp_path,
+                       config=CP.config("eps25_poisons5_transfer_seed1_fast",
+                                        substitute_epochs=1, steps=5,
+                                        substitutes=("cnn", "mlp")))
+  other.download_and_prepare()
+  assert other.info.metadata["shared_resumed"] == ["substitutes"]
+  np.testing.assert_array_equal(np.sort(_read(other, "pretrain")["index"]),
+                                np.sort(pre["index"]))
+  report = evaluate.evaluate(
+      f"digits_convex_polytope/{cfg.name}", victims=["small_cnn"], seeds=1,
+      epochs=2, data_dir=str(tmp_path), progress=False)
+  assert report["mode"] == "finetune" and report["settings"] == ["transfer"]
+  r = report["results"]["small_cnn"]
+  assert r["pretrained"][0] > 0.5
+  row = r["transfer"][f"digits_convex_polytope/{cfg.name}"]
+  assert 0 <= row["poisoned"]["success"]["mean"] <= 1
+  assert row["clean"]["test_accuracy"]["mean"] > 0.5
+  assert "transfer" in evaluate.format_finetune_table(report)

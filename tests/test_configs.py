@@ -232,3 +232,26 @@ def test_importing_the_package_is_light_and_transforms_import_alone():
   code = ("from ntga_tfds.transforms import ntga; "
           "ntga.NTGAConfig(eps=8 / 255)")
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_config_round_trips_through_its_stored_json():
+  import math as _math
+  cfg = NTGA.config("cnn_eps8_tinf_paper", nb_iter=3, val_size=40)
+  back = NTGA.config_from_json(cfg.to_json())
+  assert back.name == cfg.name and back.same_settings(cfg)
+  assert _math.isinf(back.attack.t)
+
+
+def test_a_dataset_built_from_a_config_object_loads_by_its_name(tmp_path):
+  cfg = NOISE.config("eps8", max_train_examples=30, max_test_examples=10)
+  assert cfg.name.startswith("eps8_x")
+  tfds.builder("digits_random_noise", config=cfg,
+               data_dir=tmp_path).download_and_prepare()
+  assert tfds.builder(f"digits_random_noise/{cfg.name}",
+                      data_dir=tmp_path).is_prepared()
+  again = tfds.builder_cls("digits_random_noise")(config=cfg.name,
+                                                  data_dir=tmp_path)
+  assert again.is_prepared() and again.builder_config.same_settings(cfg)
+  with pytest.raises(ValueError, match="Grammar"):
+    tfds.builder_cls("digits_random_noise")(config="eps8_xdeadbeef",
+                                            data_dir=tmp_path)

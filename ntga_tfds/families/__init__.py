@@ -213,6 +213,25 @@ class Family:
   def config_from_name(self, name: str):
     return self.config(name)
 
+  def config_from_json(self, data: Mapping[str, Any]):
+    """The config a `PoisonConfig.to_json()` describes (as stored in a
+    built dataset's metadata): how a dataset built from a config object is
+    found again by its name."""
+    def back(value):  # what `generation.jsonable` changed
+      if isinstance(value, list):
+        return tuple(back(v) for v in value)
+      if value in ("inf", "-inf", "nan"):
+        return float(value)
+      return value
+    if data.get("family") != self.name:
+      raise ValueError(f"{data.get('name')!r} is a {data.get('family')} "
+                       f"config, not {self.name}.")
+    attack = {k: back(v) for k, v in data["attack"].items()}
+    fields = {k: back(data[k]) for k in self.config_class.builder_field_names()
+              if k in data}
+    return self.config_class(name=data["name"], description=self.describe(
+        {**attack, **fields}), attack=attack, **fields)
+
   def sources(self) -> Tuple[str, ...]:
     return tuple(self.grid)
 
