@@ -204,6 +204,14 @@ def evaluate_arrays(train_sets: Mapping[str, Arrays], test: Arrays, *,
 # --------------------------------------------------------------- outputs ---
 
 
+def _table(rows) -> str:
+  """Rows of strings (the first the header) as aligned text columns."""
+  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+  lines.insert(1, "  ".join("-" * w for w in widths))
+  return "\n".join(lines)
+
+
 def format_table(report: Mapping) -> str:
   """A plain-text table: one row per victim, defence and training set."""
   head = ("victim", "defense", "train set", "peak acc %", "final acc %",
@@ -219,10 +227,7 @@ def format_table(report: Mapping) -> str:
             f"{100 * r['final']['mean']:.2f} ± {100 * r['final']['std']:.2f}",
             f"{100 * drop['peak']:.2f}" if drop else "-",
             f"{100 * drop['final']:.2f}" if drop else "-"))
-  widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-  lines.insert(1, "  ".join("-" * w for w in widths))
-  return "\n".join(lines)
+  return _table(rows)
 
 
 def write_outputs(report: dict, output_dir: str, *,
@@ -497,10 +502,7 @@ def format_targeted_table(report: Mapping) -> str:
                    f"{100 * r['final']['mean']:.2f} ± "
                    f"{100 * r['final']['std']:.2f}",
                    f"{100 * r['peak']['mean']:.2f}"))
-  widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-  lines.insert(1, "  ".join("-" * w for w in widths))
-  return "\n".join(lines)
+  return _table(rows)
 
 
 def load_targeted(dataset: str, *, data_dir: str | None = None,
@@ -688,10 +690,7 @@ def format_finetune_table(report: Mapping) -> str:
                      f"{100 * r['poisoned']['success']['mean']:.0f}",
                      f"{100 * r['clean']['success']['mean']:.0f}",
                      f"{100 * r['poisoned']['test_accuracy']['mean']:.2f}"))
-  widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-  lines.insert(1, "  ".join("-" * w for w in widths))
-  return "\n".join(lines)
+  return _table(rows)
 
 
 def load_finetune(dataset: str, *, data_dir: str | None = None,

@@ -426,13 +426,9 @@ class TargetedJob(generation.Job):
     self.y_train = _labels("y_train", y_train, self.x_train.shape[0])
     self.x_test = _uint8_images("x_test", x_test)
     self.y_test = _labels("y_test", y_test, self.x_test.shape[0])
-    self.family = family
-    self.config = config
     self.craft_fn = craft_fn
-    self.prepare_fn = prepare_fn
-    self.shared_name = shared_name
-    self.shared_seed = int(shared_seed)
-    self.shared_payload = shared_payload
+    _set_common(self, family, config, prepare_fn, shared_name, shared_seed,
+                shared_payload)
     self.plan = plan
     self.num_classes = int(num_classes)
     self.num_units = plan.num_groups
@@ -561,13 +557,9 @@ class AdditiveJob(generation.Job):
     for name, v in (("num_poisons", num_poisons), ("batch_size", batch_size)):
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
-    self.family = family
-    self.config = config
     self.add_fn = add_fn
-    self.prepare_fn = prepare_fn
-    self.shared_name = shared_name
-    self.shared_seed = int(shared_seed)
-    self.shared_payload = shared_payload
+    _set_common(self, family, config, prepare_fn, shared_name, shared_seed,
+                shared_payload)
     self.num_classes = int(num_classes)
     self.plan = AdditivePlan(self.x_train.shape[0], int(num_poisons),
                              int(batch_size), int(seed))
@@ -634,6 +626,17 @@ class AdditiveJob(generation.Job):
 
 
 # ---------------------------------------------------------------------------
+
+
+def _set_common(job, family, config, prepare_fn, shared_name, shared_seed,
+                shared_payload):
+  """The attributes every job with a shared input has."""
+  job.family = family
+  job.config = config
+  job.prepare_fn = prepare_fn
+  job.shared_name = shared_name
+  job.shared_seed = int(shared_seed)
+  job.shared_payload = shared_payload
 
 
 def _prepare(job, cache):

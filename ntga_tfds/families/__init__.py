@@ -30,7 +30,8 @@ import dataclasses
 import functools
 import importlib
 import pkgutil
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import (Any, Callable, ClassVar, Dict, List, Mapping, Optional,
+                    Sequence, Tuple)
 
 from ntga_tfds import configs
 from ntga_tfds import generation
@@ -250,6 +251,22 @@ class Family:
     return cards.render(self, source)
 
 
+def transform_fns(prepare: Callable[..., Any], craft: Callable[..., Any],
+                  config) -> Tuple[Callable[..., Any], Callable[..., Any]]:
+  """`plans.TargetedJob`'s `prepare_fn` and `craft_fn` from a targeted
+  transform: `prepare(x, y, *, key, config, num_classes)` trains its shared
+  networks, `craft(x, y, *, poison_indices, x_target, ..., config)` crafts;
+  both get `config`."""
+
+  def prepare_fn(x, y, *, key, num_classes):
+    return prepare(x, y, key=key, config=config, num_classes=num_classes)
+
+  def craft_fn(x, y, **kwargs):
+    return craft(x, y, config=config, **kwargs)
+
+  return prepare_fn, craft_fn
+
+
 def register(family: Family) -> Family:
   """Adds `family` to the registry (its name must be new)."""
   if not family.name or family.name in _REGISTRY and \
@@ -315,4 +332,4 @@ def builder(source: str, family: str) -> type:
 
 
 __all__ = ["Family", "register", "get", "names", "builder",
-           "split_builder_name"]
+           "split_builder_name", "transform_fns"]

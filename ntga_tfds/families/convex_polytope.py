@@ -284,16 +284,8 @@ python -m ntga_tfds.evaluate --dataset=$builder/$default_config --victims=small_
         seed=cfg.seed, num_classes=spec.num_classes)
     plan = dataclasses.replace(sub, poison_indices=ft[sub.poison_indices])
 
-    def prepare_fn(x, y, *, key, num_classes):
-      return cp.train_substitutes(x, y, key=key, config=config,
-                                  num_classes=num_classes)
-
-    def craft_fn(x, y, *, poison_indices, x_target, y_target,
-                 adversarial_label, key, shared, num_classes, on_step):
-      return cp.craft(x, y, poison_indices=poison_indices, x_target=x_target,
-                      y_target=y_target, adversarial_label=adversarial_label,
-                      key=key, shared=shared, config=config,
-                      num_classes=num_classes, on_step=on_step)
+    prepare_fn, craft_fn = families.transform_fns(
+        cp.train_substitutes, cp.craft, config)
 
     substitutes = {k: getattr(config, k) for k in (
         "substitutes", "dropout", "substitute_epochs",

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Dict
 from ntga_tfds import configs
 from ntga_tfds import families
 from ntga_tfds import plans
+from ntga_tfds.families import ntga as ntga_family
 from ntga_tfds.transforms import random_noise as noise_lib
 
 _NAME = re.compile(r"^eps(?P<eps>[1-9][0-9]*)(?P<sign>_sign)?$")
@@ -39,16 +40,9 @@ class RandomNoise(families.Family):
   config_class = RandomNoiseBuilderConfig
   columns = plans.BlockJob.COLUMNS
   control = None
-  homepage = "https://github.com/lionelmessi6410/ntga"
-  citation = """@inproceedings{yuan2021neural,
-  title = {Neural Tangent Generalization Attacks},
-  author = {Yuan, Chia-Hung and Wu, Shan-Hung},
-  booktitle = {Proceedings of the 38th International Conference on Machine Learning},
-  series = {Proceedings of Machine Learning Research},
-  volume = {139},
-  year = {2021},
-  publisher = {PMLR}
-}"""
+  homepage = ntga_family.NTGA.homepage
+  citation = ntga_family.NTGA.citation  # the control of its experiments
+
   attack_line = ("random noise of an attack's size (the control of the "
                  "NTGA paper's experiments)")
   effect = ("Each pixel gets independent noise bounded by eps; a model "

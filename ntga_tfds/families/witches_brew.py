@@ -236,16 +236,8 @@ python -m ntga_tfds.evaluate --dataset=$builder/$default_config --victims=cnn --
         num_targets=cfg.num_targets, seed=cfg.seed,
         num_classes=spec.num_classes)
 
-    def prepare_fn(x, y, *, key, num_classes):
-      return wb.train_surrogate(x, y, key=key, config=config,
-                                num_classes=num_classes)
-
-    def craft_fn(x, y, *, poison_indices, x_target, y_target,
-                 adversarial_label, key, shared, num_classes, on_step):
-      return wb.craft(x, y, poison_indices=poison_indices, x_target=x_target,
-                      y_target=y_target, adversarial_label=adversarial_label,
-                      key=key, shared=shared, config=config,
-                      num_classes=num_classes, on_step=on_step)
+    prepare_fn, craft_fn = families.transform_fns(
+        wb.train_surrogate, wb.craft, config)
 
     # What the surrogate depends on: its own settings, not eps, budget,
     # crafting or the target seed (so every seed's config reuses it).
