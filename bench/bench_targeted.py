@@ -33,6 +33,8 @@ flags.DEFINE_integer("epochs", None, "Victim epochs (default: recipe).")
 flags.DEFINE_string("manual_dir", None, "Offline source files.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir.")
 flags.DEFINE_string("json", None, "Where the results go (and resume from).")
+flags.DEFINE_integer("finetune_epochs", 10, "Fine-tuning epochs (families "
+                     "with a pretrain split: Convex Polytope).")
 
 
 def _expand(names):
@@ -88,6 +90,9 @@ def main(_):
         f"{name}/{config}", data_dir=FLAGS.data_dir,
         manual_dir=FLAGS.manual_dir, build=False)
 
+  if evaluate._has_split(f"{name}/x", "pretrain"):  # pylint: disable=protected-access
+    _finetune(name, evaluate, state, save)
+    return
   first = next(iter(loaded.values()))
   _, (x_clean, y_clean), _, (x_test, y_test), _, _ = first
   for victim in FLAGS.victims:
@@ -141,6 +146,30 @@ def main(_):
             f"of {len(rows)} | {np.mean(base):.0%} of {len(base)} | "
             f"{np.mean([r['final_test_accuracy'] for r in rows]):.4f} / "
             f"{np.mean(accs):.4f}")
+
+
+def _finetune(name, evaluate, state, save):
+  """Convex Polytope: victims pretrained once per seed on `pretrain`, then
+  fine-tuned per target in the setting each config was crafted for."""
+  by_setting = {}
+  for config in _expand(FLAGS.configs):
+    pre, ft, test, setting, _ = evaluate.load_finetune(
+        f"{name}/{config}", data_dir=FLAGS.data_dir,
+        manual_dir=FLAGS.manual_dir, build=False)
+    by_setting.setdefault(setting, {})[config] = ft
+  for setting, finetunes in by_setting.items():
+    report = evaluate.evaluate_finetune_arrays(
+        pre, finetunes, test, victims=FLAGS.victims, seeds=FLAGS.retrains,
+        settings=(setting,), pretrain_epochs=FLAGS.epochs,
+        finetune_epochs=FLAGS.finetune_epochs)
+    state.setdefault("finetune", {})[setting] = report
+    save()
+    print(evaluate.format_finetune_table(report))
+    for victim, r in report["summary"].items():
+      succ = r[setting]["success"]
+      print(f"{victim} {setting}: success {succ['mean']:.0%} over "
+            f"{len(finetunes)} targets x {FLAGS.retrains} seeds; pretrained "
+            f"test accuracy {report['results'][victim]['pretrained']}")
 
 
 if __name__ == "__main__":

@@ -319,3 +319,42 @@ def test_float32_bytes_match_a_float64_run(small):
     loss_b = ntga.surrogate_loss(b, y[:48], x_val=xv, y_val=yv,
                                  config=config64)
     assert abs(loss_a - loss_b) < 1e-4 * abs(loss_b), surrogate
+
+
+def test_the_pure_jax_path_alone_runs_the_attack():
+  """Where the native kernels cannot be built (no compiler, ARM, macOS) the
+  pure-JAX kernels run the whole attack: here with NTGA_TFDS_NATIVE=0, in a
+  fresh process, both surrogates, checked as the attack's tests check it."""
+  import os
+  import subprocess
+  import sys
+  import textwrap
+  code = textwrap.dedent("""
+      import jax, numpy as np
+      from sklearn.datasets import load_digits
+      from ntga_tfds.transforms import ntga
+      impl = ntga.implementation()
+      assert not impl["native_fnn"] and not impl["native_cnn"], impl
+      assert impl["gram"] is None, impl
+      d = load_digits()
+      x = np.rint(d.images / 16 * 255).astype(np.uint8)[..., None]
+      y = d.target
+      for surrogate in ("fnn", "cnn"):
+        cfg = ntga.NTGAConfig(eps=16 / 255, nb_iter=3, surrogate=surrogate)
+        losses = []
+        kw = dict(x_val=x[500:620], y_val=y[500:620],
+                  key=jax.random.PRNGKey(0), config=cfg)
+        out = ntga.poison_block(x[:48], y[:48], on_step=lambda i, l:
+                                losses.append(l), **kw)
+        assert out.dtype == np.uint8
+        assert np.abs(out.astype(int) - x[:48]).max() <= 16
+        assert losses[-1] > losses[0], losses
+        again = ntga.poison_block(x[:48], y[:48], **kw)
+        assert again.tobytes() == out.tobytes()
+      print("OK")
+  """)
+  env = dict(os.environ, NTGA_TFDS_NATIVE="0")
+  out = subprocess.run([sys.executable, "-c", code], env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().endswith("OK")
