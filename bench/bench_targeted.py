@@ -33,8 +33,10 @@ flags.DEFINE_integer("epochs", None, "Victim epochs (default: recipe).")
 flags.DEFINE_string("manual_dir", None, "Offline source files.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir.")
 flags.DEFINE_string("json", None, "Where the results go (and resume from).")
-flags.DEFINE_integer("finetune_epochs", 10, "Fine-tuning epochs (families "
+flags.DEFINE_integer("finetune_epochs", 60, "Fine-tuning epochs (families "
                      "with a pretrain split: Convex Polytope).")
+flags.DEFINE_float("finetune_lr", None, "Fine-tuning learning rate (default: "
+                   "evaluate's).")
 
 
 def _expand(names):
@@ -161,7 +163,8 @@ def _finetune(name, evaluate, state, save):
     report = evaluate.evaluate_finetune_arrays(
         pre, finetunes, test, victims=FLAGS.victims, seeds=FLAGS.retrains,
         settings=(setting,), pretrain_epochs=FLAGS.epochs,
-        finetune_epochs=FLAGS.finetune_epochs)
+        finetune_epochs=FLAGS.finetune_epochs,
+        finetune_lr=FLAGS.finetune_lr)
     state.setdefault("finetune", {})[setting] = report
     save()
     print(evaluate.format_finetune_table(report))

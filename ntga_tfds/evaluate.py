@@ -573,7 +573,7 @@ def _finetune(model, train, *, num_classes, setting, epochs, batch_size,
   if setting == "transfer":
     for layer in tuned.layers[:-1]:
       layer.trainable = False
-  lr = learning_rate or (1e-3 if setting == "transfer" else 1e-4)
+  lr = learning_rate or (1e-2 if setting == "transfer" else 1e-4)
   tuned.compile(optimizer=keras.optimizers.Adam(lr),
                 loss=keras.losses.CategoricalCrossentropy(from_logits=True))
   x, y = train
@@ -597,7 +597,8 @@ def evaluate_finetune_arrays(pretrain: Arrays, finetunes: Mapping[str, dict],
                              seeds: int | Sequence[int] = 1,
                              settings: Sequence[str] = ("transfer",),
                              pretrain_epochs: int | None = None,
-                             finetune_epochs: int = 10,
+                             finetune_epochs: int = 60,
+                             finetune_lr: float | None = None,
                              batch_size: int = 64,
                              num_classes: int | None = None,
                              metadata: Mapping | None = None,
@@ -617,7 +618,10 @@ def evaluate_finetune_arrays(pretrain: Arrays, finetunes: Mapping[str, dict],
     victims, seeds, progress: as `evaluate_arrays`.
     settings: fine-tuning settings to evaluate.
     pretrain_epochs: default the victim's recipe.
-    finetune_epochs, batch_size: of the fine-tuning.
+    finetune_epochs, batch_size: of the fine-tuning (the reference retrains
+      60 epochs).
+    finetune_lr: Adam's learning rate; default 1e-2 for "transfer" (the last
+      layer), 1e-4 for "e2e".
     num_classes: default `1 + max label`.
     metadata: extra fields stored at the top of the report.
 
@@ -664,7 +668,8 @@ def evaluate_finetune_arrays(pretrain: Arrays, finetunes: Mapping[str, dict],
           for seed in seed_values:
             tuned = _finetune(runs[seed], data, num_classes=num_classes,
                               setting=setting, epochs=finetune_epochs,
-                              batch_size=batch_size, seed=seed)
+                              batch_size=batch_size, seed=seed,
+                              learning_rate=finetune_lr)
             preds.append(np.argmax(tuned.predict(
                 victims_lib.as_float(x_t), verbose=0), -1).tolist())
             accs.append(_accuracy(tuned, x_test, y_test))

@@ -32,8 +32,6 @@ Example:
 The functions load JAX on first use.
 """
 
-import importlib as _importlib
-
 from ntga_tfds.transforms.back_gradient.config import ATTACKS
 from ntga_tfds.transforms.back_gradient.config import BackGradientConfig
 from ntga_tfds.transforms.back_gradient.config import DTYPES
@@ -42,19 +40,14 @@ from ntga_tfds.transforms.back_gradient.config import METHODS
 from ntga_tfds.transforms.back_gradient.config import MODELS
 from ntga_tfds.transforms.back_gradient.config import stored_states
 from ntga_tfds.transforms.back_gradient.config import unrolled_stored_states
+from ntga_tfds.transforms.common import lazy as _lazy
 
 _FUNCTIONS = ("hypergradient", "unrolled_hypergradient", "objective",
               "add_poisons", "poison", "train", "accuracy")
 _SUBMODULES = ("config",)
 
-
-def __getattr__(name):
-  if name in _FUNCTIONS:
-    return getattr(_importlib.import_module(f"{__name__}._attack"), name)
-  if name in _SUBMODULES:
-    return _importlib.import_module(f"{__name__}.{name}")
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__ = _lazy.attributes(
+    __name__, {name: "_attack" for name in _FUNCTIONS}, _SUBMODULES)
 
 __all__ = ["BackGradientConfig", "MODELS", "ATTACKS", "LABEL_POLICIES",
            "METHODS", "DTYPES", "stored_states", "unrolled_stored_states",

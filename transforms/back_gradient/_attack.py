@@ -26,62 +26,25 @@ from ntga_tfds.transforms.back_gradient import _inner
 from ntga_tfds.transforms.back_gradient import _models
 from ntga_tfds.transforms.back_gradient.config import BackGradientConfig
 from ntga_tfds.transforms.common import checks
+from ntga_tfds.transforms.common import training
 
 # ---------------------------------------------------------------------------
 # Checks and conversions.
 
 
-def _check_config(config) -> BackGradientConfig:
-  if not isinstance(config, BackGradientConfig):
-    raise ValueError(
-        f"config must be a BackGradientConfig, got {type(config).__name__}.")
-  return config
-
-
-def _check_key(key):
-  """A JAX PRNG key (raw uint32 (2,) or a typed key), else ValueError."""
-  try:
-    arr = key if isinstance(key, jax.Array) else jnp.asarray(key)
-  except TypeError:
-    arr = None
-  if arr is not None and jnp.issubdtype(arr.dtype, jax.dtypes.prng_key):
-    if arr.shape == ():
-      return arr
-  elif arr is not None and arr.dtype == jnp.uint32 and arr.shape == (2,):
-    return arr
-  raise ValueError(
-      f"key must be a JAX PRNG key (jax.random.PRNGKey(seed) or "
-      f"jax.random.key(seed)), got {key!r}.")
-
-
 def _nhwc(name: str, x, model: str) -> np.ndarray:
-  x = checks.checked_images(name, x)
-  if x.ndim != 4:
-    raise ValueError(
-        f"{name} must have shape (num_examples, height, width, channels), "
-        f"got shape {x.shape}.")
-  size = _models.min_image_size(model)
-  if min(x.shape[1], x.shape[2]) < size:
-    raise ValueError(
-        f"{name} images are {x.shape[1]}x{x.shape[2]}; the {model!r} model "
-        f"needs at least {size}x{size}.")
+  x = checks.nhwc(name, x)
+  checks.image_size(name, x, _models.min_image_size(model),
+                    f"the {model!r} model")
   return x
-
-
-def _precision(config: BackGradientConfig):
-  return enable_x64() if config.dtype == "float64" else (
-      contextlib.nullcontext())
-
-
-def _dtype(config: BackGradientConfig):
-  return jnp.float64 if config.dtype == "float64" else jnp.float32
 
 
 def _float(x: np.ndarray, config) -> jax.Array:
   """Checked images as `config.dtype` in [0, 1] (uint8 / 255)."""
+  dtype = training.float_dtype(config.dtype)
   if x.dtype == np.uint8:
-    return jnp.asarray(x.astype(np.float64) / 255, _dtype(config))
-  return jnp.asarray(x, _dtype(config))
+    return jnp.asarray(x.astype(np.float64) / 255, dtype)
+  return jnp.asarray(x, dtype)
 
 
 def _quantize(x) -> np.ndarray:
@@ -101,8 +64,8 @@ def _checked(config, key, x_train, y_train, x_val, y_val, num_classes,
              extra=()):
   """Common checks; returns (config, key, x_train, y_train, x_val, y_val,
   num_classes, checked extras [(x, y), ...])."""
-  config = _check_config(config)
-  key = _check_key(key)
+  config = checks.instance(config, BackGradientConfig)
+  key = checks.key(key)
   x_train = _nhwc("x_train", x_train, config.model)
   x_val = _nhwc("x_val", x_val, config.model)
   checks.same_trailing_shape("x_val", x_val, "x_train", x_train)
@@ -138,7 +101,7 @@ def _problem(config, x_train, y_train, a_train, y_poison, x_val, y_val):
       x_train=_float(x_train, config) if isinstance(x_train, np.ndarray)
       else x_train,
       y_train=jnp.asarray(y_train, jnp.int32),
-      a_train=jnp.asarray(a_train, _dtype(config)),
+      a_train=jnp.asarray(a_train, training.float_dtype(config.dtype)),
       y_poison=jnp.asarray(y_poison, jnp.int32),
       x_val=_float(x_val, config),
       y_val=_inner.outer_labels(jnp.asarray(y_val, jnp.int32), config))
@@ -146,7 +109,7 @@ def _problem(config, x_train, y_train, a_train, y_poison, x_val, y_val):
 
 def _init(config, key, image_shape, num_classes):
   return _models.init(config.model, key, image_shape, num_classes,
-                      _dtype(config))
+                      training.float_dtype(config.dtype))
 
 
 # ---------------------------------------------------------------------------
@@ -161,7 +124,7 @@ def _hypergradient(fn, x_poison, y_poison, x_train, y_train, x_val, y_val,
   (x_poison, y_poison), = extra
   if x_poison is None:
     raise ValueError("x_poison must be given.")
-  with _precision(config):
+  with training.precision(config.dtype):
     prob = _problem(config, x_train, y_train, np.ones(len(y_train)),
                     y_poison, x_val, y_val)
     params0 = _init(config, key, x_train.shape[1:], num_classes)
@@ -198,7 +161,7 @@ def hypergradient(x_poison, y_poison, *, x_train, y_train, x_val, y_val, key,
     (value, gradient): the outer objective A (float) and dA/dx_poison,
     `(p, H, W, C)` in `config.dtype`, per unit of pixel in [0, 1].
   """
-  config = _check_config(config)
+  config = checks.instance(config, BackGradientConfig)
   fn = (_inner.reverse_value_and_grad if config.method == "reverse"
         else _inner.checkpoint_value_and_grad)
   return _hypergradient(fn, x_poison, y_poison, x_train, y_train, x_val,
@@ -239,7 +202,7 @@ def objective(x_poison, y_poison, *, x_train, y_train, x_val, y_val, key,
     if not clean:
       raise ValueError("x_poison must be given.")
     x_poison, y_poison = np.zeros((0,) + shape, np.float32), np.zeros(0, int)
-  with _precision(config):
+  with training.precision(config.dtype):
     prob = _problem(config, x_train, y_train, np.ones(len(y_train)),
                     y_poison, x_val, y_val)
     params0 = _init(config, key, x_train.shape[1:], num_classes)
@@ -323,8 +286,8 @@ def add_poisons(x_train, y_train, *, x_val, y_val, x_added, y_added,
     x_added = np.zeros((0,) + x_train.shape[1:], np.uint8)
     y_added = np.zeros(0, np.int32)
   prior = len(x_added)
-  with _precision(config):
-    dtype = _dtype(config)
+  with training.precision(config.dtype):
+    dtype = training.float_dtype(config.dtype)
     x_fixed = jnp.concatenate([
         _float(x_train, config), _float(x_added, config),
         jnp.zeros((count - 1,) + x_train.shape[1:], dtype)])
@@ -408,19 +371,20 @@ def train(x, y, *, key, config: BackGradientConfig,
   Returns:
     The parameter dict (`_models`), for `accuracy`.
   """
-  config = _check_config(config)
-  key = _check_key(key)
+  config = checks.instance(config, BackGradientConfig)
+  key = checks.key(key)
   if steps is not None:
     checks.positive_int(steps, "steps")
   x = _nhwc("x", x, config.model)
   num_classes = checks.num_classes(num_classes, y)
   y = checks.labels("y", y, num_examples=x.shape[0], images_name="x",
                     num_classes=num_classes)
-  with _precision(config):
+  with training.precision(config.dtype):
     prob = _problem(config, x, y, np.ones(len(y)), np.zeros(0, int),
                     x[:1], y[:1])
     params0 = _init(config, key, x.shape[1:], num_classes)
-    empty = jnp.zeros((0,) + x.shape[1:], _dtype(config))
+    empty = jnp.zeros((0,) + x.shape[1:],
+                      training.float_dtype(config.dtype))
     return _inner.train_jit(params0, empty, prob, config=config,
                             steps=steps or config.inner_steps)
 

@@ -26,14 +26,6 @@ METHODS = ("checkpoint", "reverse")
 DTYPES = ("float32", "float64")
 
 
-def _number(value, name: str) -> float:
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise ValueError(f"{name} must be a number, got {value!r}.")
-  if not math.isfinite(float(value)):
-    raise ValueError(f"{name} must be finite, got {value!r}.")
-  return float(value)
-
-
 def _target_map(value, attack: str) -> Tuple[Tuple[int, int], ...]:
   """`value` as a tuple of (source, target) int pairs, checked."""
   try:
@@ -137,26 +129,17 @@ class BackGradientConfig:
     _checks.choice(self.attack, "attack", ATTACKS)
     set_("target_map", _target_map(self.target_map, self.attack))
     _checks.positive_int(self.inner_steps, "inner_steps")
-    inner_lr = _number(self.inner_lr, "inner_lr")
-    if not inner_lr > 0:
-      raise ValueError(f"inner_lr must be > 0, got {self.inner_lr!r}.")
-    set_("inner_lr", inner_lr)
-    momentum = _number(self.momentum, "momentum")
+    set_("inner_lr", _checks.positive_number(self.inner_lr, "inner_lr"))
+    momentum = _checks.number(self.momentum, "momentum")
     if not 0.0 <= momentum < 1.0:
       raise ValueError(
           f"momentum must be in [0, 1) (0: plain gradient descent), got "
           f"{self.momentum!r}.")
     set_("momentum", momentum)
-    weight_decay = _number(self.weight_decay, "weight_decay")
-    if not weight_decay >= 0:
-      raise ValueError(
-          f"weight_decay must be >= 0, got {self.weight_decay!r}.")
-    set_("weight_decay", weight_decay)
+    set_("weight_decay",
+         _checks.nonnegative_number(self.weight_decay, "weight_decay"))
     _checks.positive_int(self.outer_steps, "outer_steps")
-    outer_lr = _number(self.outer_lr, "outer_lr")
-    if not outer_lr > 0:
-      raise ValueError(f"outer_lr must be > 0, got {self.outer_lr!r}.")
-    set_("outer_lr", outer_lr)
+    set_("outer_lr", _checks.positive_number(self.outer_lr, "outer_lr"))
     _checks.choice(self.label_policy, "label_policy", LABEL_POLICIES)
     _checks.choice(self.method, "method", METHODS)
     if self.checkpoint_every is not None:
@@ -185,9 +168,7 @@ def stored_states(config: BackGradientConfig) -> int:
   `unrolled_stored_states`) stores T. The working set of one step (its
   adjoints, activations) is not counted.
   """
-  if not isinstance(config, BackGradientConfig):
-    raise ValueError(
-        f"config must be a BackGradientConfig, got {type(config).__name__}.")
+  _checks.instance(config, BackGradientConfig)
   if config.method == "reverse":
     return 1
   t, k = config.inner_steps, config.segment_length

@@ -30,8 +30,7 @@ Example:
 The functions load JAX, flax and optax on first use.
 """
 
-import importlib as _importlib
-
+from ntga_tfds.transforms.common import lazy as _lazy
 from ntga_tfds.transforms.convex_polytope.config import ConvexPolytopeConfig
 from ntga_tfds.transforms.convex_polytope.config import DTYPES
 from ntga_tfds.transforms.convex_polytope.config import SUBSTITUTES
@@ -46,14 +45,6 @@ _FUNCTIONS = {
 }
 _SUBMODULES = ("config",)
 
-
-def __getattr__(name):
-  if name in _FUNCTIONS:
-    module = _importlib.import_module(f"{__name__}.{_FUNCTIONS[name]}")
-    return getattr(module, name)
-  if name in _SUBMODULES:
-    return _importlib.import_module(f"{__name__}.{name}")
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__ = _lazy.attributes(__name__, _FUNCTIONS, _SUBMODULES)
 
 __all__ = ["ConvexPolytopeConfig", "SUBSTITUTES", "DTYPES", *_FUNCTIONS]

@@ -1,6 +1,7 @@
 """What substitute training and crafting share: input checks and state.
 
-* Input checks (on top of `common.checks`): NHWC images, keys, configs.
+* `check_image_size`: the substitutes' smallest input (on top of
+  `common.checks`).
 * `Substitutes`: the trained ensemble (per architecture, the networks of
   every dropout rate stacked along a leading axis) and the flat dict of
   NumPy arrays that `train_substitutes` returns (`to_flat` / `from_flat`).
@@ -9,17 +10,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any, Dict, Tuple
 
 import jax
-from jax.experimental import enable_x64
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from ntga_tfds.transforms.common import checks
+from ntga_tfds.transforms.common import flat
+from ntga_tfds.transforms.common import training
 from ntga_tfds.transforms.convex_polytope import _models
 from ntga_tfds.transforms.convex_polytope.config import ConvexPolytopeConfig
 
@@ -42,85 +42,10 @@ VMAP = {"convnet": False, "cnn": False, "mlp": True}
 # Checks.
 
 
-def check_config(config) -> ConvexPolytopeConfig:
-  if not isinstance(config, ConvexPolytopeConfig):
-    raise ValueError(
-        f"config must be a ConvexPolytopeConfig, got "
-        f"{type(config).__name__}.")
-  return config
-
-
-def check_key(key):
-  """A JAX PRNG key (raw uint32 (2,) or a typed key), else ValueError."""
-  try:
-    arr = key if isinstance(key, jax.Array) else (
-        jnp.asarray(key) if isinstance(key, (np.ndarray, list, tuple))
-        else None)
-  except TypeError:
-    arr = None
-  if arr is not None and jnp.issubdtype(arr.dtype, jax.dtypes.prng_key):
-    if arr.shape == ():
-      return arr
-  elif arr is not None and arr.dtype == jnp.uint32 and arr.shape == (2,):
-    return arr
-  raise ValueError(
-      f"key must be a JAX PRNG key (jax.random.PRNGKey(seed) or "
-      f"jax.random.key(seed)), got {key!r}.")
-
-
-def nhwc(name: str, x) -> np.ndarray:
-  """Checked images `(n, H, W, C)`, unconverted (uint8 or float in [0, 1])."""
-  x = checks.checked_images(name, x)
-  if x.ndim != 4:
-    raise ValueError(
-        f"{name} must have shape (num_examples, height, width, channels), "
-        f"got shape {x.shape}.")
-  return x
-
-
 def check_image_size(name: str, x: np.ndarray, substitutes) -> None:
   for arch in substitutes:
-    size = _models.min_image_size(arch)
-    if min(x.shape[1], x.shape[2]) < size:
-      raise ValueError(
-          f"{name} images are {x.shape[1]}x{x.shape[2]}; the {arch!r} "
-          f"substitute needs at least {size}x{size}.")
-
-
-def check_callable(value, name: str) -> None:
-  if value is not None and not callable(value):
-    raise ValueError(f"{name} must be callable, got {value!r}.")
-
-
-def channel_stats(x_u8: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-  """Exact per-channel mean and std `(C,)` (float64) of uint8 images."""
-  levels = np.arange(256, dtype=np.float64) / 255
-  mean, std = [], []
-  for c in range(x_u8.shape[-1]):
-    counts = np.bincount(x_u8[..., c].ravel(), minlength=256)
-    p = counts / counts.sum()
-    m = float(p @ levels)
-    mean.append(m)
-    std.append(float(np.sqrt(max(float(p @ (levels - m) ** 2), 0.0))))
-  return np.asarray(mean), np.maximum(np.asarray(std), 1e-3)
-
-
-def precision(config: ConvexPolytopeConfig):
-  """`enable_x64` for float64 configs, else nothing."""
-  return enable_x64() if config.dtype == "float64" else (
-      contextlib.nullcontext())
-
-
-def float_dtype(config: ConvexPolytopeConfig):
-  return jnp.float64 if config.dtype == "float64" else jnp.float32
-
-
-def cast(tree, dtype):
-  """Floating leaves as jnp arrays of `dtype`."""
-  return jax.tree_util.tree_map(
-      lambda x: jnp.asarray(x, dtype)
-      if np.issubdtype(np.asarray(x).dtype, np.floating) else jnp.asarray(x),
-      tree)
+    checks.image_size(name, x, _models.min_image_size(arch),
+                      f"the {arch!r} substitute")
 
 
 # ---------------------------------------------------------------------------
@@ -164,27 +89,14 @@ def to_flat(s: Substitutes) -> Dict[str, np.ndarray]:
       "norm/std": np.asarray(s.std, np.float64),
   }
   for arch in s.substitutes:
-    flat = traverse_util.flatten_dict(
-        jax.tree_util.tree_map(np.asarray, s.params[arch]), sep="/")
-    for k in sorted(flat):
-      out[f"{_PARAMS}{arch}/{k}"] = flat[k]
+    out.update(flat.flatten(s.params[arch], f"{_PARAMS}{arch}/"))
   return out
 
 
 def from_flat(shared, config: ConvexPolytopeConfig = None) -> Substitutes:
   """The inverse of `to_flat`; checks `shared` against `config` if given."""
-  if not hasattr(shared, "keys") or not hasattr(shared, "__getitem__"):
-    raise ValueError(
-        f"shared must be the dict returned by train_substitutes, got "
-        f"{type(shared).__name__}.")
-  missing = [k for k in _META if k not in shared]
-  if missing:
-    raise ValueError(f"shared is not a dict returned by train_substitutes "
-                     f"(missing {missing}).")
-  version = int(np.asarray(shared["meta/format_version"]))
-  if version != FORMAT_VERSION:
-    raise ValueError(f"shared has format version {version}; this code reads "
-                     f"version {FORMAT_VERSION}.")
+  flat.check(shared, keys=_META, producer="train_substitutes",
+             version=FORMAT_VERSION)
   names = tuple(str(v) for v in np.atleast_1d(
       np.asarray(shared["meta/substitutes"])))
   rates = tuple(float(v) for v in np.atleast_1d(
@@ -201,17 +113,16 @@ def from_flat(shared, config: ConvexPolytopeConfig = None) -> Substitutes:
   params = {}
   for arch in names:
     prefix = f"{_PARAMS}{arch}/"
-    flat = {k[len(prefix):]: np.asarray(v) for k, v in shared.items()
-            if k.startswith(prefix)}
-    if not flat:
+    leaves = flat.entries(shared, prefix)
+    if not leaves:
       raise ValueError(f"shared has no parameters for substitute {arch!r} "
                        f"(no '{prefix}...' keys).")
-    for k, v in flat.items():
+    for k, v in leaves.items():
       if v.ndim < 1 or v.shape[0] != len(rates):
         raise ValueError(
             f"shared['{prefix}{k}'] has shape {v.shape}; expected a leading "
             f"axis of {len(rates)} (one network per dropout rate).")
-    params[arch] = traverse_util.unflatten_dict(flat, sep="/")
+    params[arch] = flat.unflatten(leaves)
   return Substitutes(
       substitutes=names, dropout=rates,
       num_classes=int(np.asarray(shared["meta/num_classes"])),
@@ -220,10 +131,6 @@ def from_flat(shared, config: ConvexPolytopeConfig = None) -> Substitutes:
       mean=np.asarray(shared["norm/mean"], np.float64),
       std=np.asarray(shared["norm/std"], np.float64),
       params=params)
-
-
-def index(tree, i: int):
-  return jax.tree_util.tree_map(lambda x: x[i], tree)
 
 
 # ---------------------------------------------------------------------------
@@ -258,5 +165,6 @@ def features(module, params, xn, rates, key, *, dropout: bool,
   keys = jnp.stack([jax.random.fold_in(key, r) for r in range(num)])
   if use_vmap:
     return jax.vmap(one)(params, rates, keys)
-  outs = [one(index(params, r), rates[r], keys[r]) for r in range(num)]
+  outs = [one(training.index(params, r), rates[r], keys[r])
+          for r in range(num)]
   return [jnp.stack(layer) for layer in zip(*outs)]

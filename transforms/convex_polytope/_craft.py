@@ -38,6 +38,8 @@ import optax
 
 from ntga_tfds.transforms.common import checks
 from ntga_tfds.transforms.common import pgd
+from ntga_tfds.transforms.common import poisons
+from ntga_tfds.transforms.common import training
 from ntga_tfds.transforms.convex_polytope import _common
 from ntga_tfds.transforms.convex_polytope import _models
 from ntga_tfds.transforms.convex_polytope import _polytope
@@ -132,12 +134,12 @@ def objective(x_poison, x_target, *, shared, config: ConvexPolytopeConfig,
     Scalar loss (sum over networks, layers and targets), or `(loss,
     coefficients)`.
   """
-  config = _common.check_config(config)
+  config = checks.instance(config, ConvexPolytopeConfig)
   s = _common.from_flat(shared, config)
 
   def floats(x):
     if isinstance(x, np.ndarray) and x.dtype == np.uint8:
-      return jnp.asarray(x, _common.float_dtype(config)) / 255
+      return jnp.asarray(x, training.float_dtype(config.dtype)) / 255
     return jnp.asarray(x)
 
   xp, xt = floats(x_poison), floats(x_target)
@@ -146,13 +148,13 @@ def objective(x_poison, x_target, *, shared, config: ConvexPolytopeConfig,
                      f"got {xp.shape} and {xt.shape}.")
   dtype = xp.dtype
   dropout = key is not None and config.dropout_while_crafting
-  key = _common.check_key(jax.random.PRNGKey(0) if key is None else key)
+  key = checks.key(jax.random.PRNGKey(0) if key is None else key)
   if coefficients is not None:
     coefficients = {a: jnp.asarray(c, dtype)
                     for a, c in coefficients.items()}
   fn = _objective_fn(s.substitutes, s.num_classes, _step_key(config))
   loss, coefficients = fn(
-      _common.cast(s.params, dtype), xp, xt.astype(dtype),
+      training.cast(s.params, dtype), xp, xt.astype(dtype),
       _rates(s, dtype, dropout), jnp.asarray(s.mean, dtype),
       jnp.asarray(s.std, dtype), key, coefficients)
   return (loss, coefficients) if return_coefficients else loss
@@ -247,32 +249,6 @@ def _step_key(config: ConvexPolytopeConfig) -> ConvexPolytopeConfig:
       coeff_steps=config.coeff_steps, end_to_end=config.end_to_end)
 
 
-def _poison_indices(poison_indices, n: int) -> np.ndarray:
-  idx = np.asarray(poison_indices)
-  if idx.ndim != 1 or idx.size == 0:
-    raise ValueError(f"poison_indices must be a non-empty 1-D array of "
-                     f"indices, got shape {idx.shape}.")
-  if not np.issubdtype(idx.dtype, np.integer):
-    raise ValueError(
-        f"poison_indices must hold integers, got dtype {idx.dtype}.")
-  if idx.min() < 0 or idx.max() >= n:
-    raise ValueError(
-        f"poison_indices must lie in [0, {n}) (x_train has {n} images), got "
-        f"values in [{int(idx.min())}, {int(idx.max())}].")
-  if np.unique(idx).size != idx.size:
-    raise ValueError("poison_indices has repeated indices.")
-  return idx.astype(np.int64)
-
-
-def _targets(x_target, ref) -> np.ndarray:
-  x = np.asarray(x_target)
-  if x.ndim == 3:
-    x = x[None]
-  x = _common.nhwc("x_target", x)
-  checks.same_trailing_shape("x_target", x, "x_train", ref)
-  return x
-
-
 def _adversarial(label, num_classes: int) -> int:
   arr = np.asarray(label)
   if arr.ndim != 0 or not np.issubdtype(arr.dtype, np.integer):
@@ -332,35 +308,26 @@ def craft(x_train, y_train, *, poison_indices, x_target, y_target=None,
     `poison_indices`, each pixel within `floor(255 * eps)` levels of the
     clean one.
   """
-  config = _common.check_config(config)
-  key = _common.check_key(key)
-  x = _common.nhwc("x_train", x_train)
+  config = checks.instance(config, ConvexPolytopeConfig)
+  key = checks.key(key)
+  x = checks.nhwc("x_train", x_train)
   s = _common.from_flat(shared, config)
-  if num_classes is None:
-    num_classes = s.num_classes
-  num_classes = checks.num_classes(num_classes)
-  if num_classes != s.num_classes:
-    raise ValueError(f"num_classes is {num_classes} but the substitutes in "
-                     f"shared have {s.num_classes} classes.")
-  y = checks.labels("y_train", y_train, num_examples=x.shape[0],
-                    images_name="x_train", num_classes=num_classes)
-  if tuple(x.shape[1:]) != s.image_shape:
-    raise ValueError(
-        f"x_train images have shape {x.shape[1:]} but the substitutes in "
-        f"shared were trained on {s.image_shape}.")
-  idx = _poison_indices(poison_indices, x.shape[0])
-  xt = _targets(x_target, x)
+  y, num_classes = checks.trained_labels(
+      x, y_train, num_classes, trained_classes=s.num_classes,
+      image_shape=s.image_shape, networks="substitutes")
+  idx = checks.poison_indices(poison_indices, x.shape[0])
+  xt = checks.target_images(x_target, x)
   adv = _adversarial(adversarial_label, num_classes)
   if np.any(y[idx] != adv):
     raise ValueError(
         f"poison_indices must pick images of the adversarial_label {adv} "
         f"(clean-label bases); got labels {sorted(set(y[idx].tolist()))}.")
   _check_targets_labels(y_target, xt.shape[0], num_classes, adv)
-  _common.check_callable(on_step, "on_step")
+  checks.callable_or_none(on_step, "on_step")
 
   xp_f, xp_u8 = pgd.snap(x[idx])
   xt_f = checks.to_unit(xt)
-  with _common.precision(config):
+  with training.precision(config.dtype):
     delta = _craft(xp_f, xt_f, key=key, s=s, config=config, on_step=on_step)
   x_adv = xp_f.astype(np.float64) + delta * s.std
   return pgd.quantize(x_adv, xp_u8, eps=config.eps, norm="linf")
@@ -378,8 +345,8 @@ def _stop_early(losses, config: ConvexPolytopeConfig) -> bool:
 
 def _craft(xp, xt, *, key, s, config, on_step):
   """The crafting loop; the perturbation in normalised units `(P, ...)`."""
-  dtype = _common.float_dtype(config)
-  params = _common.cast(s.params, dtype)
+  dtype = training.float_dtype(config.dtype)
+  params = training.cast(s.params, dtype)
   rates = _rates(s, dtype, config.dropout_while_crafting)
   mean, std = jnp.asarray(s.mean, dtype), jnp.asarray(s.std, dtype)
   bound = jnp.asarray(config.eps / s.std, dtype)
@@ -432,34 +399,27 @@ def poison(x_train, y_train, *, x_target, adversarial_label, key,
     `(n, H, W, C)` with the poisons in place, and the sorted `(P,)` indices
     of the poisons.
   """
-  config = _common.check_config(config)
-  key = _common.check_key(key)
-  x = _common.nhwc("x_train", x_train)
-  num_classes = checks.num_classes(num_classes, y_train)
-  y = checks.labels("y_train", y_train, num_examples=x.shape[0],
-                    images_name="x_train", num_classes=num_classes)
-  xt = _targets(x_target, x)
+  config = checks.instance(config, ConvexPolytopeConfig)
+  key = checks.key(key)
+  x, y, num_classes = checks.labelled_nhwc(x_train, y_train, num_classes)
+  xt = checks.target_images(x_target, x)
   adv = _adversarial(adversarial_label, num_classes)
   _check_targets_labels(y_target, xt.shape[0], num_classes, adv)
   _common.check_image_size("x_train", x, config.substitutes)
-  _common.check_callable(on_step, "on_step")
-  _common.check_callable(on_epoch, "on_epoch")
+  checks.callable_or_none(on_step, "on_step")
+  checks.callable_or_none(on_epoch, "on_epoch")
   pool = np.flatnonzero(y == adv)
   if config.num_poisons > pool.size:
     raise ValueError(
         f"config.num_poisons={config.num_poisons} but class {adv} has only "
         f"{pool.size} images in y_train.")
   k_train, k_select, k_craft = jax.random.split(key, 3)
-  idx = np.sort(pool[np.asarray(
-      jax.random.permutation(k_select, pool.size))[:config.num_poisons]])
+  idx = poisons.draw(k_select, pool, config.num_poisons)
   shared = _train.train_substitutes(x, y, key=k_train, config=config,
                                     num_classes=num_classes,
                                     on_epoch=on_epoch)
-  poisons = craft(x, y, poison_indices=idx, x_target=xt, y_target=y_target,
+  crafted = craft(x, y, poison_indices=idx, x_target=xt, y_target=y_target,
                   adversarial_label=adv, key=k_craft, shared=shared,
                   config=config, num_classes=num_classes, on_step=on_step)
-  _, images = pgd.snap(x)
-  images = images.copy()
-  images[idx] = poisons
-  return images, idx
+  return poisons.in_place(x, idx, crafted), idx
 

@@ -19,36 +19,22 @@ from typing import Callable, Dict, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ntga_tfds.transforms.common import checks
 from ntga_tfds.transforms.common import pgd
+from ntga_tfds.transforms.common import training
 from ntga_tfds.transforms.convex_polytope import _common
 from ntga_tfds.transforms.convex_polytope import _models
 from ntga_tfds.transforms.convex_polytope.config import ConvexPolytopeConfig
 
 
-def _schedule(lr: float, epochs: int, steps_per_epoch: int):
-  """x0.1 at 1/2 and 3/4 of the epochs (a milestone on 0 is dropped)."""
-  milestones = [int(epochs * f) * steps_per_epoch for f in (1 / 2, 3 / 4)]
-  milestones = jnp.asarray([m for m in milestones if m > 0] or [2 ** 30])
-
-  def schedule(count):
-    return lr * 0.1 ** jnp.sum(count >= milestones)
-  return schedule
-
-
-def _cross_entropy(logits, labels):
-  logp = jax.nn.log_softmax(logits)
-  return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
-
-
 def _sgd(lr: float, epochs: int, steps_per_epoch: int, weight_decay: float):
-  """The reference's optimiser: weight decay, then SGD (Nesterov here)."""
-  return optax.chain(
-      optax.add_decayed_weights(weight_decay),
-      optax.sgd(_schedule(lr, epochs, steps_per_epoch), momentum=0.9,
-                nesterov=True))
+  """The reference's optimiser: weight decay, then SGD (Nesterov here), the
+  learning rate x0.1 at 1/2 and 3/4 of the epochs."""
+  return training.sgd(
+      training.multistep_schedule(lr, epochs, steps_per_epoch,
+                                  fractions=(1 / 2, 3 / 4)),
+      weight_decay)
 
 
 @functools.lru_cache(maxsize=16)
@@ -68,15 +54,15 @@ def _make_step(arch: str, num_classes: int, lr: float, epochs: int,
   def loss_fn(params, xb, yb, rate, key):
     logits, _ = module.apply({"params": params}, xb, rate, False,
                              rngs={"dropout": key})
-    return _cross_entropy(logits, yb)
+    return training.cross_entropy(logits, yb)
 
   @jax.jit
   def step(params, opt_state, x_u8, y, idx, mean, std, rate, key):
-    xb = x_u8[idx].astype(dtype) / jnp.asarray(255, dtype)
-    xb = _models.normalize(xb, mean, std)
+    xb = _models.normalize(training.u8_batch(x_u8, idx, dtype), mean, std)
     loss, grads = jax.value_and_grad(loss_fn)(params, xb, y[idx], rate, key)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    params, opt_state = training.apply_gradients(tx, grads, opt_state,
+                                                 params)
+    return params, opt_state, loss
 
   return tx, step
 
@@ -88,32 +74,16 @@ def _init_fn(arch: str, num_classes: int):
   return jax.jit(lambda key, x: module.init(key, x)["params"])
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _epoch_order(key, n: int, steps: int, batch_size: int):
-  """Batch indices `(steps, batch_size)` and dropout keys of an epoch."""
-  k_perm, k_drop = jax.random.split(key)
-  perm = jax.random.permutation(k_perm, n)[:steps * batch_size]
-  return perm.reshape(steps, batch_size), jax.random.split(k_drop, steps)
-
-
 def _train_one(step, tx, params, x_dev, y_dev, *, key, rate, config,
                mean, std, on_epoch):
   n = x_dev.shape[0]
-  batch_size = min(config.substitute_batch_size, n)
-  steps = n // batch_size
-  opt_state = tx.init(params)
   rate = jnp.asarray(rate, mean.dtype)
-  for e in range(config.substitute_epochs):
-    order, keys = _epoch_order(jax.random.fold_in(key, e), n, steps,
-                               batch_size)
-    losses = []
-    for i in range(steps):
-      params, opt_state, loss = step(params, opt_state, x_dev, y_dev,
-                                     order[i], mean, std, rate, keys[i])
-      losses.append(loss)
-    if on_epoch is not None:
-      on_epoch(e, float(jnp.mean(jnp.stack(losses))))
-  return jax.tree_util.tree_map(np.asarray, params)
+  return training.train_epochs(
+      lambda p, opt_state, idx, k: step(p, opt_state, x_dev, y_dev, idx,
+                                        mean, std, rate, k),
+      params, tx.init(params), key=key, epochs=config.substitute_epochs,
+      num_examples=n, batch_size=min(config.substitute_batch_size, n),
+      on_epoch=on_epoch)
 
 
 def train_substitutes(x_train, y_train, *, key, config: ConvexPolytopeConfig,
@@ -141,21 +111,18 @@ def train_substitutes(x_train, y_train, *, key, config: ConvexPolytopeConfig,
     params with a leading axis of `len(dropout)`): `np.savez(path,
     **shared)` and `dict(np.load(path))` restore it exactly.
   """
-  config = _common.check_config(config)
-  key = _common.check_key(key)
-  x = _common.nhwc("x_train", x_train)
-  num_classes = checks.num_classes(num_classes, y_train)
-  y = checks.labels("y_train", y_train, num_examples=x.shape[0],
-                    images_name="x_train", num_classes=num_classes)
+  config = checks.instance(config, ConvexPolytopeConfig)
+  key = checks.key(key)
+  x, y, num_classes = checks.labelled_nhwc(x_train, y_train, num_classes)
   _common.check_image_size("x_train", x, config.substitutes)
-  _common.check_callable(on_epoch, "on_epoch")
+  checks.callable_or_none(on_epoch, "on_epoch")
   _, x_u8 = pgd.snap(x)
-  mean, std = _common.channel_stats(x_u8)
+  mean, std = training.channel_stats(x_u8)
   num_rates = len(config.dropout)
   keys = jax.random.split(key, config.ensemble_size)
   params = {}
-  with _common.precision(config):
-    dtype = _common.float_dtype(config)
+  with training.precision(config.dtype):
+    dtype = training.float_dtype(config.dtype)
     x_dev, y_dev = jnp.asarray(x_u8), jnp.asarray(y)
     mean_d, std_d = jnp.asarray(mean, dtype), jnp.asarray(std, dtype)
     n = x.shape[0]
@@ -170,11 +137,10 @@ def train_substitutes(x_train, y_train, *, key, config: ConvexPolytopeConfig,
         init = _init_fn(arch, num_classes)(
             k_init, jnp.zeros((1,) + x.shape[1:], dtype))
         members.append(_train_one(
-            step, tx, _common.cast(init, dtype), x_dev, y_dev,
+            step, tx, training.cast(init, dtype), x_dev, y_dev,
             key=k_data, rate=rate, config=config, mean=mean_d, std=std_d,
             on_epoch=on_epoch))
-      params[arch] = jax.tree_util.tree_map(lambda *v: np.stack(v),
-                                            *members)
+      params[arch] = training.stack(members)
   return _common.to_flat(_common.Substitutes(
       substitutes=config.substitutes, dropout=config.dropout,
       num_classes=num_classes, image_shape=tuple(x.shape[1:]), mean=mean,
@@ -193,16 +159,16 @@ def predict(x, *, shared, config: ConvexPolytopeConfig,
     config: the config it was trained with (substitutes, dropout, dtype).
     batch_size: images per forward pass.
   """
-  config = _common.check_config(config)
-  x = checks.to_unit(_common.nhwc("x", x))
+  config = checks.instance(config, ConvexPolytopeConfig)
+  x = checks.to_unit(checks.nhwc("x", x))
   s = _common.from_flat(shared, config)
   if tuple(x.shape[1:]) != s.image_shape:
     raise ValueError(f"x images have shape {x.shape[1:]} but the substitutes "
                      f"were trained on {s.image_shape}.")
   checks.positive_int(batch_size, "batch_size")
-  with _common.precision(config):
-    dtype = _common.float_dtype(config)
-    params = _common.cast(s.params, dtype)
+  with training.precision(config.dtype):
+    dtype = training.float_dtype(config.dtype)
+    params = training.cast(s.params, dtype)
     mean, std = jnp.asarray(s.mean, dtype), jnp.asarray(s.std, dtype)
 
     @jax.jit

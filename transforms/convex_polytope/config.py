@@ -14,34 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Optional, Tuple
 
 from ntga_tfds.transforms.common import checks as _checks
 
 SUBSTITUTES = ("convnet", "cnn", "mlp")
 DTYPES = ("float32", "float64")
-
-
-def _number(value, name: str) -> float:
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise ValueError(f"{name} must be a number, got {value!r}.")
-  if not math.isfinite(value):
-    raise ValueError(f"{name} must be finite, got {value!r}.")
-  return float(value)
-
-
-def _positive(value, name: str) -> float:
-  value_f = _number(value, name)
-  if not value_f > 0:
-    raise ValueError(f"{name} must be > 0, got {value!r}.")
-  return value_f
-
-
-def _flag(value, name: str) -> bool:
-  if not isinstance(value, bool):
-    raise ValueError(f"{name} must be True or False, got {value!r}.")
-  return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,25 +99,23 @@ class ConvexPolytopeConfig:
     set_ = functools.partial(object.__setattr__, self)
     set_("eps", _checks.eps(self.eps))
     _checks.positive_int(self.num_poisons, "num_poisons")
-    set_("lr", _positive(self.lr, "lr"))
+    set_("lr", _checks.positive_number(self.lr, "lr"))
     _checks.positive_int(self.steps, "steps")
     if self.tol is not None:
-      set_("tol", _positive(self.tol, "tol"))
+      set_("tol", _checks.positive_number(self.tol, "tol"))
     _checks.positive_int(self.tol_window, "tol_window")
-    set_("coeff_tol", _positive(self.coeff_tol, "coeff_tol"))
+    set_("coeff_tol", _checks.positive_number(self.coeff_tol, "coeff_tol"))
     _checks.positive_int(self.coeff_steps, "coeff_steps")
     set_("substitutes", self._names(self.substitutes))
     set_("dropout", self._rates(self.dropout))
     _checks.positive_int(self.substitute_epochs, "substitute_epochs")
     _checks.positive_int(self.substitute_batch_size, "substitute_batch_size")
-    set_("substitute_lr", _positive(self.substitute_lr, "substitute_lr"))
-    weight_decay = _number(self.weight_decay, "weight_decay")
-    if weight_decay < 0:
-      raise ValueError(
-          f"weight_decay must be >= 0, got {self.weight_decay!r}.")
-    set_("weight_decay", weight_decay)
-    _flag(self.end_to_end, "end_to_end")
-    _flag(self.dropout_while_crafting, "dropout_while_crafting")
+    set_("substitute_lr",
+         _checks.positive_number(self.substitute_lr, "substitute_lr"))
+    set_("weight_decay",
+         _checks.nonnegative_number(self.weight_decay, "weight_decay"))
+    _checks.flag(self.end_to_end, "end_to_end")
+    _checks.flag(self.dropout_while_crafting, "dropout_while_crafting")
     _checks.choice(self.dtype, "dtype", DTYPES)
 
   @staticmethod
@@ -168,7 +144,7 @@ class ConvexPolytopeConfig:
                        "no dropout).")
     rates = []
     for rate in value:
-      rate_f = _number(rate, "dropout rate")
+      rate_f = _checks.number(rate, "dropout rate")
       if not 0.0 <= rate_f < 1.0:
         raise ValueError(
             f"dropout rates must lie in [0, 1), got {rate!r} in {value!r}.")

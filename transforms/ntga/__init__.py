@@ -22,8 +22,7 @@ Example:
 The functions load the attack (and JAX) on first use.
 """
 
-import importlib as _importlib
-
+from ntga_tfds.transforms.common import lazy as _lazy
 from ntga_tfds.transforms.ntga.config import DTYPES
 from ntga_tfds.transforms.ntga.config import NTGAConfig
 from ntga_tfds.transforms.ntga.config import SURROGATES
@@ -32,13 +31,7 @@ _ATTACK = ("poison", "poison_block", "surrogate_loss", "predict", "accuracy",
            "implementation")
 _SUBMODULES = ("attack", "kernels", "gp", "config")
 
-
-def __getattr__(name):
-  if name in _ATTACK:
-    return getattr(_importlib.import_module(f"{__name__}.attack"), name)
-  if name in _SUBMODULES:
-    return _importlib.import_module(f"{__name__}.{name}")
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__ = _lazy.attributes(
+    __name__, {name: "attack" for name in _ATTACK}, _SUBMODULES)
 
 __all__ = ["NTGAConfig", "SURROGATES", "DTYPES", *_ATTACK]

@@ -1,6 +1,7 @@
 """What surrogate training and crafting share: inputs, augmentation, state.
 
-* Input checks (on top of `common.checks`): NHWC images, keys, configs.
+* `check_image_size`: the surrogate's smallest input (on top of
+  `common.checks`).
 * `augment`: the differentiable random shift (+ horizontal flip) of forest's
   `RandomTransform`, as two per-example bilinear interpolation matrices.
 * `Surrogates`: the trained networks (stacked along a leading ensemble axis)
@@ -10,92 +11,33 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any, Dict
 
 import jax
-from jax.experimental import enable_x64
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from ntga_tfds.transforms.common import checks
+from ntga_tfds.transforms.common import flat
+from ntga_tfds.transforms.common import training
 from ntga_tfds.transforms.witches_brew import _models
 from ntga_tfds.transforms.witches_brew.config import WitchesBrewConfig
 
 # Bump when the layout of the flat dict changes.
 FORMAT_VERSION = 1
 _VARS = "variables/"
+_META = ("meta/format_version", "meta/surrogate", "meta/width",
+         "meta/num_classes", "meta/image_shape", "norm/mean", "norm/std")
 
 
 # ---------------------------------------------------------------------------
 # Checks.
 
 
-def check_config(config) -> WitchesBrewConfig:
-  if not isinstance(config, WitchesBrewConfig):
-    raise ValueError(
-        f"config must be a WitchesBrewConfig, got {type(config).__name__}.")
-  return config
-
-
-def check_key(key):
-  """A JAX PRNG key (raw uint32 (2,) or a typed key), else ValueError."""
-  try:
-    arr = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-  except TypeError:
-    arr = None
-  if arr is not None and jnp.issubdtype(arr.dtype, jax.dtypes.prng_key):
-    if arr.shape == ():
-      return arr
-  elif (arr is not None and arr.dtype == jnp.uint32 and arr.shape == (2,)):
-    return arr
-  raise ValueError(
-      f"key must be a JAX PRNG key (jax.random.PRNGKey(seed) or "
-      f"jax.random.key(seed)), got {key!r}.")
-
-
-def nhwc(name: str, x) -> np.ndarray:
-  """Checked images `(n, H, W, C)`, unconverted (uint8 or float in [0, 1])."""
-  x = checks.checked_images(name, x)
-  if x.ndim != 4:
-    raise ValueError(
-        f"{name} must have shape (num_examples, height, width, channels), "
-        f"got shape {x.shape}.")
-  return x
-
-
 def check_image_size(name: str, x: np.ndarray, surrogate: str):
-  size = _models.min_image_size(surrogate)
-  if min(x.shape[1], x.shape[2]) < size:
-    raise ValueError(
-        f"{name} images are {x.shape[1]}x{x.shape[2]}; the {surrogate!r} "
-        f"surrogate needs at least {size}x{size}.")
-
-
-def channel_stats(x_u8: np.ndarray):
-  """Exact per-channel mean and std `(C,)` (float64) of uint8 images."""
-  mean, std = [], []
-  levels = np.arange(256, dtype=np.float64) / 255
-  for c in range(x_u8.shape[-1]):
-    counts = np.bincount(x_u8[..., c].ravel(), minlength=256)
-    p = counts / counts.sum()
-    m = float(p @ levels)
-    mean.append(m)
-    std.append(float(np.sqrt(max(p @ (levels - m) ** 2, 0.0))))
-  std = np.maximum(np.asarray(std), 1e-3)  # a constant channel
-  return np.asarray(mean), std
-
-
-def precision(config: WitchesBrewConfig):
-  """`enable_x64` for float64 configs, else nothing."""
-  return enable_x64() if config.dtype == "float64" else (
-      contextlib.nullcontext())
-
-
-def float_dtype(config: WitchesBrewConfig):
-  return jnp.float64 if config.dtype == "float64" else jnp.float32
+  checks.image_size(name, x, _models.min_image_size(surrogate),
+                    f"the {surrogate!r} surrogate")
 
 
 # ---------------------------------------------------------------------------
@@ -185,7 +127,7 @@ class Surrogates:
 
 def to_flat(s: Surrogates) -> Dict[str, np.ndarray]:
   """A flat dict of NumPy arrays with stable string keys (`np.savez`-able)."""
-  out = {
+  return {
       "meta/format_version": np.asarray(FORMAT_VERSION, np.int64),
       "meta/surrogate": np.asarray(s.surrogate),
       "meta/width": np.asarray(s.width, np.int64),
@@ -193,32 +135,14 @@ def to_flat(s: Surrogates) -> Dict[str, np.ndarray]:
       "meta/image_shape": np.asarray(s.image_shape, np.int64),
       "norm/mean": np.asarray(s.mean, np.float64),
       "norm/std": np.asarray(s.std, np.float64),
+      **flat.flatten(s.variables, _VARS),
   }
-  flat = traverse_util.flatten_dict(
-      jax.tree_util.tree_map(np.asarray, s.variables), sep="/")
-  for k in sorted(flat):
-    out[_VARS + k] = flat[k]
-  return out
 
 
 def from_flat(shared, config: WitchesBrewConfig = None) -> Surrogates:
   """The inverse of `to_flat`; checks `shared` against `config` if given."""
-  if not hasattr(shared, "keys"):
-    raise ValueError(
-        f"shared must be the dict returned by train_surrogate, got "
-        f"{type(shared).__name__}.")
-  need = ("meta/format_version", "meta/surrogate", "meta/width",
-          "meta/num_classes",
-          "meta/image_shape", "norm/mean", "norm/std")
-  missing = [k for k in need if k not in shared]
-  if missing or not any(k.startswith(_VARS) for k in shared):
-    raise ValueError(
-        f"shared is not a dict returned by train_surrogate (missing "
-        f"{missing or ['variables/...']}).")
-  version = int(np.asarray(shared["meta/format_version"]))
-  if version != FORMAT_VERSION:
-    raise ValueError(f"shared has format version {version}; this code reads "
-                     f"version {FORMAT_VERSION}.")
+  flat.check(shared, keys=_META, producer="train_surrogate",
+             version=FORMAT_VERSION, prefix=_VARS)
   surrogate = str(np.asarray(shared["meta/surrogate"]))
   if config is not None and surrogate != config.surrogate:
     raise ValueError(
@@ -229,9 +153,7 @@ def from_flat(shared, config: WitchesBrewConfig = None) -> Surrogates:
     raise ValueError(
         f"shared holds surrogates of width {width} but config's surrogate "
         f"width is {config.width}.")
-  flat = {k[len(_VARS):]: np.asarray(v) for k, v in shared.items()
-          if k.startswith(_VARS)}
-  variables = traverse_util.unflatten_dict(flat, sep="/")
+  variables = flat.unflatten(flat.entries(shared, _VARS))
   return Surrogates(
       surrogate=surrogate,
       width=width,
@@ -242,13 +164,10 @@ def from_flat(shared, config: WitchesBrewConfig = None) -> Surrogates:
       variables=variables)
 
 
-def stack(trees):
-  """Stacks pytrees along a new leading axis (the ensemble)."""
-  return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *trees)
-
-
-def index(tree, i: int):
-  return jax.tree_util.tree_map(lambda x: x[i], tree)
+# The ensemble's pytree helpers now live in `common.training`; these names
+# stay for code (and tests) that reach them through this module.
+index = training.index
+cast = training.cast
 
 
 def ensemble_mean(fn, variables):
@@ -259,23 +178,15 @@ def ensemble_mean(fn, variables):
   and a `lax.map` runs them ~15x slower on XLA:CPU).
   """
   size = jax.tree_util.tree_leaves(variables)[0].shape[0]
-  return sum(fn(index(variables, i)) for i in range(size)) / size
+  return sum(fn(training.index(variables, i)) for i in range(size)) / size
 
 
 def ensemble_map(fn, variables):
   """`[fn(member_variables) ...]` stacked along a new leading axis."""
   size = jax.tree_util.tree_leaves(variables)[0].shape[0]
   return jax.tree_util.tree_map(
-      lambda *xs: jnp.stack(xs), *[fn(index(variables, i))
+      lambda *xs: jnp.stack(xs), *[fn(training.index(variables, i))
                                    for i in range(size)])
-
-
-def cast(tree, dtype):
-  """Floating leaves as jnp arrays of `dtype`."""
-  return jax.tree_util.tree_map(
-      lambda x: jnp.asarray(x, dtype)
-      if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
-      else jnp.asarray(x), tree)
 
 
 def apply(module, variables, x, mean, std, *, train: bool = False):
@@ -291,26 +202,3 @@ def apply(module, variables, x, mean, std, *, train: bool = False):
                                    mutable=["batch_stats"])
     return logits, updates["batch_stats"]
   return module.apply(variables, xn, train=True), None
-
-
-def cross_entropy(logits, labels, weights=None):
-  """Mean (or `weights`-weighted mean) softmax cross-entropy."""
-  logp = jax.nn.log_softmax(logits)
-  nll = -jnp.take_along_axis(logp, labels[:, None], axis=1)[:, 0]
-  if weights is None:
-    return jnp.mean(nll)
-  return jnp.sum(weights * nll) / jnp.maximum(jnp.sum(weights), 1)
-
-
-def step_schedule(lr: float, total: int, unit: int = 1):
-  """forest's MultiStepLR: x0.1 at 3/8, 5/8 and 7/8 of `total` units.
-
-  Returns an optax schedule over optimiser steps (`unit` steps per unit,
-  e.g. batches per epoch). A milestone that falls on 0 is dropped.
-  """
-  milestones = [int(total * f) * unit for f in (3 / 8, 5 / 8, 7 / 8)]
-  milestones = jnp.asarray([m for m in milestones if m > 0] or [2 ** 30])
-
-  def schedule(count):
-    return lr * 0.1 ** jnp.sum(count >= milestones)
-  return schedule

@@ -32,6 +32,8 @@ import optax
 
 from ntga_tfds.transforms.common import checks
 from ntga_tfds.transforms.common import pgd
+from ntga_tfds.transforms.common import poisons
+from ntga_tfds.transforms.common import training
 from ntga_tfds.transforms.witches_brew import _common
 from ntga_tfds.transforms.witches_brew import _models
 from ntga_tfds.transforms.witches_brew import _train
@@ -73,7 +75,7 @@ def target_gradient(module, variables, x_target, y_adversarial, mean, std):
   def loss(params):
     logits = _common.apply(module, _with_params(variables, params),
                            x_target, mean, std)
-    return _common.cross_entropy(logits, y_adversarial) * x_target.shape[0]
+    return training.cross_entropy(logits, y_adversarial) * x_target.shape[0]
   return jax.grad(loss)(variables["params"])
 
 
@@ -82,7 +84,7 @@ def poison_gradient(module, variables, x, y, weights, mean, std):
   def loss(params):
     logits = _common.apply(module, _with_params(variables, params), x, mean,
                            std)
-    return _common.cross_entropy(logits, y, weights)
+    return training.cross_entropy(logits, y, weights)
   return jax.grad(loss)(variables["params"])
 
 
@@ -96,9 +98,9 @@ def _batch_loss(module, *, augment: bool, flip: bool):
 
     size = jax.tree_util.tree_leaves(variables)[0].shape[0]
     return sum(
-        matching_loss(poison_gradient(module, _common.index(variables, i),
+        matching_loss(poison_gradient(module, training.index(variables, i),
                                       xp, y, w, mean, std),
-                      _common.index(target_grads, i))
+                      training.index(target_grads, i))
         for i in range(size)) / size
   return loss
 
@@ -129,7 +131,7 @@ def objective(x_poison, y_poison, x_target, adversarial_label, *, shared,
   x_poison = jnp.asarray(x_poison)
   dtype = x_poison.dtype
   module = s.module()
-  variables = _common.cast(s.variables, dtype)
+  variables = training.cast(s.variables, dtype)
   mean, std = jnp.asarray(s.mean, dtype), jnp.asarray(s.std, dtype)
   x_target = jnp.asarray(x_target, dtype)
   y_adv = jnp.broadcast_to(jnp.asarray(adversarial_label, jnp.int32),
@@ -201,23 +203,22 @@ def _make_check(module, config: WitchesBrewConfig):
       xb = _common.augment(k, xb, flip=config.flip, integer=True)
 
     def loss(p):
-      return _common.cross_entropy(
+      return training.cross_entropy(
           _common.apply(module, _with_params(v, p), xb, mean, std), yb)
-    updates, opt_state = tx.update(jax.grad(loss)(params), opt_state,
-                                   params)
-    return optax.apply_updates(params, updates), opt_state
+    return training.apply_gradients(tx, jax.grad(loss)(params), opt_state,
+                                    params)
 
   @jax.jit
   def target_loss(v, x_target, y_adv, mean, std):
     logits = _common.apply(module, v, x_target, mean, std)
-    return _common.cross_entropy(logits, y_adv) * x_target.shape[0]
+    return training.cross_entropy(logits, y_adv) * x_target.shape[0]
 
   def check(x_poison, y_poison, batches, variables, x_target, y_adv, mean,
             std):
     size = jax.tree_util.tree_leaves(variables)[0].shape[0]
     total = 0.0
     for i in range(size):
-      v = _common.index(variables, i)
+      v = training.index(variables, i)
       params, opt_state = v["params"], tx.init(v["params"])
       for pidx, xc, yc, k in zip(*batches):
         params, opt_state = sgd_step(params, opt_state, v, x_poison,
@@ -233,38 +234,12 @@ def _make_check(module, config: WitchesBrewConfig):
 def _crafting_fns(config: WitchesBrewConfig, num_classes: int):
   """Module, signed-Adam optimiser, jitted step and check of a config."""
   module = _models.make(config.surrogate, num_classes, config.width)
-  tx = optax.adam(_common.step_schedule(config.lr / config.ensemble,
-                                        config.steps))
+  tx = optax.adam(training.multistep_schedule(config.lr / config.ensemble,
+                                              config.steps))
   step = _make_step(module, tx, augment=config.augment, flip=config.flip)
   check = (_make_check(module, config)
            if config.validation_steps and config.restarts > 1 else None)
   return module, tx, step, check
-
-
-def _poison_indices(poison_indices, n: int) -> np.ndarray:
-  idx = np.asarray(poison_indices)
-  if idx.ndim != 1 or idx.size == 0:
-    raise ValueError(f"poison_indices must be a non-empty 1-D array of "
-                     f"indices, got shape {idx.shape}.")
-  if not np.issubdtype(idx.dtype, np.integer):
-    raise ValueError(
-        f"poison_indices must hold integers, got dtype {idx.dtype}.")
-  if idx.min() < 0 or idx.max() >= n:
-    raise ValueError(
-        f"poison_indices must lie in [0, {n}) (x_train has {n} images), got "
-        f"values in [{int(idx.min())}, {int(idx.max())}].")
-  if np.unique(idx).size != idx.size:
-    raise ValueError("poison_indices has repeated indices.")
-  return idx.astype(np.int64)
-
-
-def _targets(x_target, ref):
-  x = np.asarray(x_target)
-  if x.ndim == 3:
-    x = x[None]
-  x = _common.nhwc("x_target", x)
-  checks.same_trailing_shape("x_target", x, "x_train", ref)
-  return x
 
 
 def _adversarial(label, k: int, num_classes: int) -> np.ndarray:
@@ -314,37 +289,27 @@ def craft(x_train, y_train, *, poison_indices, x_target, y_target=None,
     `poison_indices`, each pixel within `floor(255 * eps)` levels of the
     clean one.
   """
-  config = _common.check_config(config)
-  key = _common.check_key(key)
-  x = _common.nhwc("x_train", x_train)
+  config = checks.instance(config, WitchesBrewConfig)
+  key = checks.key(key)
+  x = checks.nhwc("x_train", x_train)
   s = _common.from_flat(shared, config)
-  if num_classes is None:
-    num_classes = s.num_classes
-  num_classes = checks.num_classes(num_classes)
-  if num_classes != s.num_classes:
-    raise ValueError(f"num_classes is {num_classes} but the surrogates in "
-                     f"shared have {s.num_classes} classes.")
-  y = checks.labels("y_train", y_train, num_examples=x.shape[0],
-                    images_name="x_train", num_classes=num_classes)
-  if tuple(x.shape[1:]) != s.image_shape:
-    raise ValueError(
-        f"x_train images have shape {x.shape[1:]} but the surrogates in "
-        f"shared were trained on {s.image_shape}.")
-  idx = _poison_indices(poison_indices, x.shape[0])
-  xt = _targets(x_target, x)
+  y, num_classes = checks.trained_labels(
+      x, y_train, num_classes, trained_classes=s.num_classes,
+      image_shape=s.image_shape, networks="surrogates")
+  idx = checks.poison_indices(poison_indices, x.shape[0])
+  xt = checks.target_images(x_target, x)
   k = xt.shape[0]
   y_adv = _adversarial(adversarial_label, k, num_classes)
   if y_target is not None:
     checks.labels("y_target", y_target, num_examples=k,
                   images_name="x_target", num_classes=num_classes)
-  if on_step is not None and not callable(on_step):
-    raise ValueError(f"on_step must be callable, got {on_step!r}.")
+  checks.callable_or_none(on_step, "on_step")
 
   xp_f, xp_u8 = pgd.snap(x[idx])
   xt_f = checks.to_unit(xt)
-  with _common.precision(config):
-    delta = _craft(xp_f, y[idx], x_all=x, y_all=y, x_target=xt_f, y_adv=y_adv, key=key,
-                   s=s, config=config, on_step=on_step)
+  with training.precision(config.dtype):
+    delta = _craft(xp_f, y[idx], x_all=x, y_all=y, x_target=xt_f,
+                   y_adv=y_adv, key=key, s=s, config=config, on_step=on_step)
   x_adv = xp_f.astype(np.float64) + delta * s.std
   return pgd.quantize(x_adv, xp_u8, eps=config.eps, norm="linf")
 
@@ -352,9 +317,9 @@ def craft(x_train, y_train, *, poison_indices, x_target, y_target=None,
 def _craft(xp, yp, *, x_all, y_all, x_target, y_adv, key, s, config,
            on_step):
   """The restarts; the chosen perturbation in normalised units `(P, ...)`."""
-  dtype = _common.float_dtype(config)
+  dtype = training.float_dtype(config.dtype)
   module, tx, step, check = _crafting_fns(config, s.num_classes)
-  variables = _common.cast(s.variables, dtype)
+  variables = training.cast(s.variables, dtype)
   mean, std = jnp.asarray(s.mean, dtype), jnp.asarray(s.std, dtype)
   bound = jnp.asarray(config.eps / s.std, dtype)
   xt = jnp.asarray(x_target, dtype)
@@ -396,8 +361,8 @@ def _craft(xp, yp, *, x_all, y_all, x_target, y_adv, key, s, config,
       if on_step is not None:
         on_step(r * config.steps + i, float(loss))
     if check is not None:
-      poisons = (xb + delta * std).reshape((nb * bs,) + xp.shape[1:])[:num]
-      score = check(poisons, jnp.asarray(yp), check_args, variables, xt,
+      x_poison = (xb + delta * std).reshape((nb * bs,) + xp.shape[1:])[:num]
+      score = check(x_poison, jnp.asarray(yp), check_args, variables, xt,
                     y_adv, mean, std)
     else:
       score = float(loss)
@@ -409,7 +374,7 @@ def _craft(xp, yp, *, x_all, y_all, x_target, y_adv, key, s, config,
 
 def _check_inputs(key, num: int, x_all, y_all, config):
   """Batches of the check: poison indices and clean images, per step."""
-  dtype = _common.float_dtype(config)
+  dtype = training.float_dtype(config.dtype)
   steps = config.validation_steps
   m = min(num, config.surrogate_batch_size)
   k_p, k_c, k_a = jax.random.split(key, 3)
@@ -448,13 +413,10 @@ def poison(x_train, y_train, *, x_target, adversarial_label, key,
     `(n, H, W, C)` with the poisons in place, and the sorted `(P,)` indices
     of the poisons.
   """
-  config = _common.check_config(config)
-  key = _common.check_key(key)
-  x = _common.nhwc("x_train", x_train)
-  num_classes = checks.num_classes(num_classes, y_train)
-  y = checks.labels("y_train", y_train, num_examples=x.shape[0],
-                    images_name="x_train", num_classes=num_classes)
-  xt = _targets(x_target, x)
+  config = checks.instance(config, WitchesBrewConfig)
+  key = checks.key(key)
+  x, y, num_classes = checks.labelled_nhwc(x_train, y_train, num_classes)
+  xt = checks.target_images(x_target, x)
   y_adv = _adversarial(adversarial_label, xt.shape[0], num_classes)
   if np.unique(y_adv).size != 1:
     raise ValueError(
@@ -471,14 +433,10 @@ def poison(x_train, y_train, *, x_target, adversarial_label, key,
         f"budget={config.budget} asks for {num} poisons but class {adv} has "
         f"only {pool.size} images in y_train.")
   k_train, k_select, k_craft = jax.random.split(key, 3)
-  idx = np.sort(pool[np.asarray(
-      jax.random.permutation(k_select, pool.size))[:num]])
+  idx = poisons.draw(k_select, pool, num)
   shared = _train.train_surrogate(x, y, key=k_train, config=config,
                                   num_classes=num_classes)
-  poisons = craft(x, y, poison_indices=idx, x_target=xt,
+  crafted = craft(x, y, poison_indices=idx, x_target=xt,
                   adversarial_label=adv, key=k_craft, shared=shared,
                   config=config, num_classes=num_classes, on_step=on_step)
-  _, images = pgd.snap(x)
-  images = images.copy()
-  images[idx] = poisons
-  return images, idx
+  return poisons.in_place(x, idx, crafted), idx

@@ -74,38 +74,43 @@ class ResNet18(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
-class ConvNet(nn.Module):
-  """forest's `convnet(width=32)`, the cheap CIFAR surrogate."""
+class _Plain(nn.Module):
+  """A network without BatchNorm (`train` is accepted and ignored): the
+  `features` of a subclass, then a dense layer to the logits."""
   num_classes: int
   width: int = 32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train
-    w = self.width
+    features = self.features(x, self.width)  # (its layers are named first)
+    return nn.Dense(self.num_classes)(features)
+
+  def features(self, x, w: int):
+    raise NotImplementedError
+
+
+class ConvNet(_Plain):
+  """forest's `convnet(width=32)`, the cheap CIFAR surrogate."""
+
+  def features(self, x, w: int):
     for features in (w, 2 * w, 2 * w, 4 * w):
       x = nn.relu(nn.Conv(features, (3, 3), padding=1)(x))
     x = nn.max_pool(x, (3, 3), (3, 3))
     x = nn.relu(nn.Conv(4 * w, (3, 3), padding=1)(x))
     x = nn.max_pool(x, (3, 3), (3, 3))
-    return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+    return x.reshape(x.shape[0], -1)
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(_Plain):
   """A small CNN for MNIST-like and 8x8 digits images (width 32)."""
-  num_classes: int
-  width: int = 32
 
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    del train
-    w = self.width
+  def features(self, x, w: int):
     x = nn.relu(nn.Conv(w, (3, 3), padding=1)(x))
     x = nn.max_pool(x, (2, 2), (2, 2))
     x = nn.relu(nn.Conv(2 * w, (3, 3), padding=1)(x))
     x = nn.max_pool(x, (2, 2), (2, 2))
-    x = nn.relu(nn.Dense(4 * w)(x.reshape(x.shape[0], -1)))
-    return nn.Dense(self.num_classes)(x)
+    return nn.relu(nn.Dense(4 * w)(x.reshape(x.shape[0], -1)))
 
 
 _MODELS = {"resnet18": ResNet18, "convnet": ConvNet, "cnn": SmallCNN}

@@ -16,10 +16,10 @@ from typing import Callable, Dict, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ntga_tfds.transforms.common import checks
 from ntga_tfds.transforms.common import pgd
+from ntga_tfds.transforms.common import training
 from ntga_tfds.transforms.witches_brew import _common
 from ntga_tfds.transforms.witches_brew import _models
 from ntga_tfds.transforms.witches_brew.config import WitchesBrewConfig
@@ -27,9 +27,7 @@ from ntga_tfds.transforms.witches_brew.config import WitchesBrewConfig
 
 def sgd(config: WitchesBrewConfig, learning_rate):
   """forest's surrogate optimiser: weight decay, then Nesterov SGD."""
-  return optax.chain(
-      optax.add_decayed_weights(config.weight_decay),
-      optax.sgd(learning_rate, momentum=0.9, nesterov=True))
+  return training.sgd(learning_rate, config.weight_decay)
 
 
 def _make_step(module, tx, *, augment: bool, flip: bool, dtype):
@@ -45,18 +43,19 @@ def _make_step(module, tx, *, augment: bool, flip: bool, dtype):
       variables["batch_stats"] = batch_stats
     logits, new_stats = _common.apply(module, variables, xb, mean, std,
                                       train=True)
-    return _common.cross_entropy(logits, yb), new_stats
+    return training.cross_entropy(logits, yb), new_stats
 
   @jax.jit
   def step(variables, opt_state, x_u8, y, idx, mean, std, key):
-    xb = x_u8[idx].astype(dtype) / jnp.asarray(255, dtype)
+    xb = training.u8_batch(x_u8, idx, dtype)
     if augment:
       xb = _common.augment(key, xb, flip=flip, integer=True)
     params = variables["params"]
     (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         params, variables.get("batch_stats"), xb, y[idx], mean, std)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    out = {"params": optax.apply_updates(params, updates)}
+    params, opt_state = training.apply_gradients(tx, grads, opt_state,
+                                                 params)
+    out = {"params": params}
     if new_stats is not None:
       out["batch_stats"] = new_stats
     return out, opt_state, loss
@@ -69,47 +68,32 @@ def _cached_step(config: WitchesBrewConfig, num_classes: int,
                  steps_per_epoch: int):
   """The module, optimiser and jitted step of a config (compiled once)."""
   module = _models.make(config.surrogate, num_classes, config.width)
-  tx = sgd(config, _common.step_schedule(
+  tx = sgd(config, training.multistep_schedule(
       config.learning_rate, config.surrogate_epochs, steps_per_epoch))
   step = _make_step(module, tx, augment=config.augment, flip=config.flip,
-                    dtype=_common.float_dtype(config))
+                    dtype=training.float_dtype(config.dtype))
   return module, tx, step
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _epoch_order(key, n: int, steps: int, batch_size: int):
-  """Batch indices `(steps, batch_size)` and augmentation keys of an epoch."""
-  k_perm, k_aug = jax.random.split(key)
-  perm = jax.random.permutation(k_perm, n)[:steps * batch_size]
-  return perm.reshape(steps, batch_size), jax.random.split(k_aug, steps)
 
 
 def train_one(x_u8: np.ndarray, y: np.ndarray, *, key, config, num_classes,
               mean, std, on_epoch=None):
   """Trains one surrogate; its flax variables (NumPy leaves)."""
-  dtype = _common.float_dtype(config)
+  dtype = training.float_dtype(config.dtype)
   n = x_u8.shape[0]
   batch_size = min(config.surrogate_batch_size, n)
-  steps = n // batch_size
-  module, tx, step = _cached_step(config, num_classes, steps)
+  module, tx, step = _cached_step(config, num_classes, n // batch_size)
   k_init, k_data = jax.random.split(key)
   variables = module.init(k_init, jnp.zeros((1,) + x_u8.shape[1:], dtype),
                           train=False)
-  variables = _common.cast(dict(variables), dtype)
-  opt_state = tx.init(variables["params"])
+  variables = training.cast(dict(variables), dtype)
   x_dev, y_dev = jnp.asarray(x_u8), jnp.asarray(y)
   mean_d, std_d = jnp.asarray(mean, dtype), jnp.asarray(std, dtype)
-  for e in range(config.surrogate_epochs):
-    order, keys = _epoch_order(jax.random.fold_in(k_data, e), n, steps,
-                               batch_size)
-    losses = []
-    for i in range(steps):
-      variables, opt_state, loss = step(variables, opt_state, x_dev, y_dev,
-                                        order[i], mean_d, std_d, keys[i])
-      losses.append(loss)
-    if on_epoch is not None:
-      on_epoch(e, float(jnp.mean(jnp.stack(losses))))
-  return jax.tree_util.tree_map(np.asarray, variables)
+  return training.train_epochs(
+      lambda v, opt_state, idx, k: step(v, opt_state, x_dev, y_dev, idx,
+                                        mean_d, std_d, k),
+      variables, tx.init(variables["params"]), key=k_data,
+      epochs=config.surrogate_epochs, num_examples=n, batch_size=batch_size,
+      on_epoch=on_epoch)
 
 
 def train_surrogate(x_train, y_train, *, key, config: WitchesBrewConfig,
@@ -136,16 +120,13 @@ def train_surrogate(x_train, y_train, *, key, config: WitchesBrewConfig,
     "variables/batch_stats/..."; variables have a leading ensemble axis):
     `np.savez(path, **shared)` and `dict(np.load(path))` restore it exactly.
   """
-  config = _common.check_config(config)
-  key = _common.check_key(key)
-  x = _common.nhwc("x_train", x_train)
-  num_classes = checks.num_classes(num_classes, y_train)
-  y = checks.labels("y_train", y_train, num_examples=x.shape[0],
-                    images_name="x_train", num_classes=num_classes)
+  config = checks.instance(config, WitchesBrewConfig)
+  key = checks.key(key)
+  x, y, num_classes = checks.labelled_nhwc(x_train, y_train, num_classes)
   _common.check_image_size("x_train", x, config.surrogate)
   _, x_u8 = pgd.snap(x)
-  mean, std = _common.channel_stats(x_u8)
-  with _common.precision(config):
+  mean, std = training.channel_stats(x_u8)
+  with training.precision(config.dtype):
     members = [
         train_one(x_u8, y, key=k, config=config, num_classes=num_classes,
                   mean=mean, std=std, on_epoch=on_epoch)
@@ -154,7 +135,7 @@ def train_surrogate(x_train, y_train, *, key, config: WitchesBrewConfig,
       surrogate=config.surrogate, width=config.width,
       num_classes=num_classes,
       image_shape=tuple(x.shape[1:]), mean=mean, std=std,
-      variables=_common.stack(members)))
+      variables=training.stack(members)))
 
 
 def predict(x, *, shared, config: WitchesBrewConfig,
@@ -167,16 +148,16 @@ def predict(x, *, shared, config: WitchesBrewConfig,
     config: the config it was trained with (surrogate, dtype).
     batch_size: images per forward pass.
   """
-  config = _common.check_config(config)
-  x = checks.to_unit(_common.nhwc("x", x))
+  config = checks.instance(config, WitchesBrewConfig)
+  x = checks.to_unit(checks.nhwc("x", x))
   s = _common.from_flat(shared, config)
   if tuple(x.shape[1:]) != s.image_shape:
     raise ValueError(f"x images have shape {x.shape[1:]} but the surrogates "
                      f"were trained on {s.image_shape}.")
   module = s.module()
-  with _common.precision(config):
-    dtype = _common.float_dtype(config)
-    variables = _common.cast(s.variables, dtype)
+  with training.precision(config.dtype):
+    dtype = training.float_dtype(config.dtype)
+    variables = training.cast(s.variables, dtype)
     mean, std = jnp.asarray(s.mean, dtype), jnp.asarray(s.std, dtype)
 
     @jax.jit

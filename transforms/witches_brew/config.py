@@ -25,24 +25,6 @@ DEFAULT_WIDTHS = {"resnet18": 64, "convnet": 32, "cnn": 32}
 _BRITTLE = ("convnet", "cnn")
 
 
-def _number(value, name: str) -> float:
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise ValueError(f"{name} must be a number, got {value!r}.")
-  return float(value)
-
-
-def _flag(value, name: str) -> bool:
-  if not isinstance(value, bool):
-    raise ValueError(f"{name} must be True or False, got {value!r}.")
-  return value
-
-
-def _nonnegative_int(value, name: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-    raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
-  return value
-
-
 @dataclasses.dataclass(frozen=True)
 class WitchesBrewConfig:
   """Everything that defines a Witches' Brew run, except the data and key.
@@ -115,19 +97,16 @@ class WitchesBrewConfig:
   def __post_init__(self):
     set_ = functools.partial(object.__setattr__, self)
     set_("eps", _checks.eps(self.eps))
-    budget = _number(self.budget, "budget")
+    budget = _checks.number(self.budget, "budget")
     if not 0.0 < budget <= 1.0:
       raise ValueError(f"budget must be in (0, 1] (a fraction of the "
                        f"training set), got {self.budget!r}.")
     set_("budget", budget)
     _checks.positive_int(self.steps, "steps")
     _checks.positive_int(self.restarts, "restarts")
-    lr = _number(self.lr, "lr")
-    if not lr > 0:
-      raise ValueError(f"lr must be > 0, got {self.lr!r}.")
-    set_("lr", lr)
-    _flag(self.augment, "augment")
-    _flag(self.flip, "flip")
+    set_("lr", _checks.positive_number(self.lr, "lr"))
+    _checks.flag(self.augment, "augment")
+    _checks.flag(self.flip, "flip")
     _checks.positive_int(self.poison_batch_size, "poison_batch_size")
     _checks.choice(self.surrogate, "surrogate", SURROGATES)
     if self.surrogate_width is not None:
@@ -135,18 +114,12 @@ class WitchesBrewConfig:
     _checks.positive_int(self.surrogate_epochs, "surrogate_epochs")
     _checks.positive_int(self.surrogate_batch_size, "surrogate_batch_size")
     if self.surrogate_lr is not None:
-      surrogate_lr = _number(self.surrogate_lr, "surrogate_lr")
-      if not surrogate_lr > 0:
-        raise ValueError(
-            f"surrogate_lr must be > 0, got {self.surrogate_lr!r}.")
-      set_("surrogate_lr", surrogate_lr)
-    weight_decay = _number(self.weight_decay, "weight_decay")
-    if not weight_decay >= 0:
-      raise ValueError(
-          f"weight_decay must be >= 0, got {self.weight_decay!r}.")
-    set_("weight_decay", weight_decay)
+      set_("surrogate_lr",
+           _checks.positive_number(self.surrogate_lr, "surrogate_lr"))
+    set_("weight_decay",
+         _checks.nonnegative_number(self.weight_decay, "weight_decay"))
     _checks.positive_int(self.ensemble, "ensemble")
-    _nonnegative_int(self.validation_steps, "validation_steps")
+    _checks.nonnegative_int(self.validation_steps, "validation_steps")
     _checks.choice(self.dtype, "dtype", DTYPES)
 
   @property
