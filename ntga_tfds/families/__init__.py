@@ -239,10 +239,14 @@ class Family:
   def builder_name(self, source: str) -> str:
     return f"{source}_{self.name}"
 
+  # Settings a `_fast` name suffix implies (the reduced CPU setting), if
+  # the family has one; the card lists them as $fast.
+  fast: ClassVar[Mapping[str, Any]] = {}
+
   def card_values(self, source: str) -> Dict[str, str]:
-    """Extra `$names` for `card_template` (override)."""
+    """Extra `$names` for `card_template` (override to add more)."""
     del source
-    return {}
+    return {"fast": ", ".join(f"`{k}={v}`" for k, v in self.fast.items())}
 
   def card(self, source: str) -> dict:
     """The card files of `<source>_<family>` (README.md, CITATIONS.bib,

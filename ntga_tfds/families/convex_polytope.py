@@ -150,6 +150,7 @@ class ConvexPolytope(families.Family):
                 "`adversarial_label` the base class it should be taken for",
   }
   control = None
+  fast = FAST
   homepage = "https://github.com/zhuchen03/ConvexPolytopePosioning"
   citation = """@inproceedings{zhu2019transferable,
   title = {Transferable Clean-Label Poisoning Attacks on Deep Neural Nets},
@@ -236,10 +237,6 @@ whole), and check whether the target is classified as its \
 python -m ntga_tfds.evaluate --dataset=$builder/$default_config --victims=small_cnn --seeds=2
 ```
 """
-
-  def card_values(self, source):
-    del source
-    return {"fast": ", ".join(f"`{k}={v}`" for k, v in FAST.items())}
 
   def parse_name(self, name: str) -> Dict[str, Any]:
     m = _NAME.match(name or "")

@@ -88,6 +88,7 @@ class WitchesBrew(families.Family):
                       "`adversarial_label` the class the poisons push it "
                       "to, `index` its position in the clean test split"}
   control = None
+  fast = FAST
   homepage = "https://github.com/JonasGeiping/poisoning-gradient-matching"
   citation = """@inproceedings{geiping2021witches,
   title = {Witches' Brew: Industrial Scale Data Poisoning via Gradient Matching},
@@ -181,10 +182,6 @@ victims trained on the clean originals (matched by `index`):
 python -m ntga_tfds.evaluate --dataset=$builder/$default_config --victims=cnn --seeds=2
 ```
 """
-
-  def card_values(self, source):
-    del source
-    return {"fast": ", ".join(f"`{k}={v}`" for k, v in FAST.items())}
 
   def parse_name(self, name: str) -> Dict[str, Any]:
     m = _NAME.match(name or "")
