@@ -238,14 +238,14 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
                                 dc.max_examples_per_split))
     spec = sources.source_spec(self.SOURCE)
     job = fam.job(cfg, train, test, spec)
+    implementation = fam.implementation(cfg)
     result = generation.run(
         job, data_sha256=generation.sha256_json([train.sha256, test.sha256]),
         checkpoint_dir=self.checkpoint_root(),
-        shared_dir=self.shared_root(),
-        implementation=fam.implementation(cfg))
+        shared_dir=self.shared_root(), implementation=implementation)
     self._checkpoint_dir_used = result.checkpoint_dir
-    self.info.metadata.update(
-        self._generation_metadata(cfg, job, result, train, test))
+    self.info.metadata.update(self._generation_metadata(
+        cfg, job, result, train, test, implementation))
     defaults = dict(fam.columns)
     splits = {}
     for name, columns in result.splits.items():
@@ -257,7 +257,8 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
            "key": idx}, defaults)
     return splits
 
-  def _generation_metadata(self, cfg, job, result, train, test):
+  def _generation_metadata(self, cfg, job, result, train, test,
+                           implementation):
     from ntga_tfds import generation  # pylint: disable=g-import-not-at-top
     return generation.jsonable({
         "family": self.FAMILY,
@@ -275,7 +276,7 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
             "test_sha256": test.sha256,
         },
         "package_versions": generation.package_versions(),
-        "implementation": self.family().implementation(cfg),
+        "implementation": implementation,
         "generated_at": result.generated_at,
         "generation_seconds": round(result.seconds, 3),
         "units_resumed": result.units_resumed,

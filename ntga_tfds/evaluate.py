@@ -342,12 +342,8 @@ def _source_of(builder) -> str:
   source = getattr(builder, "SOURCE", None)
   if source:
     return source
-  return families_split(builder.name)[0]
-
-
-def families_split(name: str):
   from ntga_tfds import families  # pylint: disable=g-import-not-at-top
-  return families.split_builder_name(name)
+  return families.split_builder_name(builder.name)[0]
 
 
 def load_named(dataset: str, *, data_dir: str | None = None,
@@ -509,9 +505,14 @@ def load_targeted(dataset: str, *, data_dir: str | None = None,
                   manual_dir: str | None = None, build: bool = True):
   """The poisoned train split, its clean originals, targets and test split
   of a targeted dataset (one with a `target` split)."""
-  from ntga_tfds import sources  # pylint: disable=g-import-not-at-top
   builder = load_builder(dataset, data_dir=data_dir, manual_dir=manual_dir,
                          build=build)
+  return _targeted_from(builder, dataset, data_dir=data_dir,
+                        manual_dir=manual_dir)
+
+
+def _targeted_from(builder, dataset, *, data_dir, manual_dir):
+  from ntga_tfds import sources  # pylint: disable=g-import-not-at-top
   train = _read_split(builder, "train")
   target = _read_split(builder, "target")
   test = _read_split(builder, "test")
@@ -705,8 +706,8 @@ def load_finetune(dataset: str, *, data_dir: str | None = None,
   builder = load_builder(dataset, data_dir=data_dir, manual_dir=manual_dir,
                          build=build)
   pre = _read_split(builder, "pretrain")
-  train, clean, targets, test, poison, info = load_targeted(
-      dataset, data_dir=data_dir, manual_dir=manual_dir, build=False)
+  train, clean, targets, test, poison, info = _targeted_from(
+      builder, dataset, data_dir=data_dir, manual_dir=manual_dir)
   attack = builder.builder_config.attack
   setting = "e2e" if getattr(attack, "end_to_end", False) else "transfer"
   return ((pre["image"], pre["label"]),
@@ -715,7 +716,7 @@ def load_finetune(dataset: str, *, data_dir: str | None = None,
 
 
 def _has_split(dataset: str, split: str) -> bool:
-  fam = _family_splits(dataset)
+  fam = _family_of_name(dataset)
   return bool(fam and split in fam.splits)
 
 
@@ -775,29 +776,26 @@ def evaluate_additive_arrays(train: Arrays, is_poison: np.ndarray,
   return report
 
 
-def _family_splits(dataset: str):
+def _family_of_name(dataset: str):
+  """The family of "<source>_<family>/<config>", or None."""
   from ntga_tfds import families  # pylint: disable=g-import-not-at-top
   try:
-    fam = families.split_builder_name(dataset.partition("/")[0])[1]
+    return families.split_builder_name(dataset.partition("/")[0])[1]
   except ValueError:
     return None
-  return fam
 
 
 def _is_additive(dataset: str) -> bool:
-  fam = _family_splits(dataset)
+  fam = _family_of_name(dataset)
   return bool(fam and "is_poison" in fam.columns
               and "target" not in fam.splits)
 
 
-def _is_targeted(dataset: str, data_dir: str | None) -> bool:
-  from ntga_tfds import families  # pylint: disable=g-import-not-at-top
-  name = dataset.partition("/")[0]
-  try:
-    fam = families.split_builder_name(name)[1]
-  except ValueError:
-    return False
-  return "target" in fam.splits
+def _write_json(report: dict, output_dir: str) -> None:
+  os.makedirs(output_dir, exist_ok=True)
+  report["files"] = ["results.json"]
+  with open(os.path.join(output_dir, "results.json"), "w") as f:
+    json.dump(report, f, indent=1)
 
 
 def evaluate(dataset: str, *, victims: Sequence[str] = ("cnn",),
@@ -840,11 +838,7 @@ def evaluate(dataset: str, *, victims: Sequence[str] = ("cnn",),
         metadata={"dataset": dataset, "source": _source_of(builder)},
         progress=progress)
     if output_dir:
-      os.makedirs(output_dir, exist_ok=True)
-      path = os.path.join(output_dir, "results.json")
-      report["files"] = ["results.json"]
-      with open(path, "w") as f:
-        json.dump(report, f, indent=1)
+      _write_json(report, output_dir)
     return report
   if _has_split(dataset, "pretrain"):
     pre, ft, test, setting, info = load_finetune(
@@ -854,12 +848,9 @@ def evaluate(dataset: str, *, victims: Sequence[str] = ("cnn",),
         settings=(setting,), pretrain_epochs=epochs,
         metadata=info, progress=progress)
     if output_dir:
-      os.makedirs(output_dir, exist_ok=True)
-      report["files"] = ["results.json"]
-      with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump(report, f, indent=1)
+      _write_json(report, output_dir)
     return report
-  if _is_targeted(dataset, data_dir):
+  if _has_split(dataset, "target"):
     train, clean, targets, test, poison, info = load_targeted(
         dataset, data_dir=data_dir, manual_dir=manual_dir, build=build)
     report = evaluate_targeted_arrays(

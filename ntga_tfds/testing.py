@@ -14,6 +14,7 @@ data instead (`SUBSET`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import pathlib
@@ -103,11 +104,14 @@ def split_sha256(builder, split: str):
   return len(rows), h.hexdigest()
 
 
+@functools.lru_cache(maxsize=None)
+def _recorded() -> dict:
+  return json.loads(_GOLDEN.read_text()) if _GOLDEN.exists() else {}
+
+
 def golden(key: str):
   """The recorded split hashes of `<builder>/<config>`, or None."""
-  if not _GOLDEN.exists():
-    return None
-  return json.loads(_GOLDEN.read_text()).get(key)
+  return _recorded().get(key)
 
 
 def main():

@@ -41,6 +41,7 @@ import numpy as np
 
 from ntga_tfds import configs
 from ntga_tfds import families
+from ntga_tfds import generation
 from ntga_tfds import plans
 from ntga_tfds.transforms.convex_polytope import config as cp_config
 
@@ -116,8 +117,8 @@ class FineTuneJob(plans.TargetedJob):
       self.prepare_fn = prepare_on_pretrain
 
   def payload(self):
-    return {**super().payload(), "finetune_sha256": generation_sha(
-        self.finetune)}
+    return {**super().payload(), "finetune_sha256": generation.sha256_json(
+        self.finetune.tolist())}
 
   def assemble(self, outputs):
     splits = super().assemble(outputs)
@@ -128,11 +129,6 @@ class FineTuneJob(plans.TargetedJob):
     splits["pretrain"] = keep(tr, pre)
     assert not splits["pretrain"]["is_poison"].any()
     return splits
-
-
-def generation_sha(indices) -> str:
-  from ntga_tfds import generation  # pylint: disable=g-import-not-at-top
-  return generation.sha256_json(np.asarray(indices).tolist())
 
 
 class ConvexPolytope(families.Family):
@@ -287,7 +283,7 @@ python -m ntga_tfds.evaluate --dataset=$builder/$default_config --victims=small_
     substitutes = {k: getattr(config, k) for k in (
         "substitutes", "dropout", "substitute_epochs",
         "substitute_batch_size", "substitute_lr", "weight_decay", "dtype")}
-    substitutes["finetune_sha256"] = generation_sha(ft)
+    substitutes["finetune_sha256"] = generation.sha256_json(ft.tolist())
     return FineTuneJob(
         train.images, train.labels, test.images, test.labels,
         family=self.name, config=config, craft_fn=craft_fn,
