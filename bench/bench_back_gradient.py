@@ -73,6 +73,21 @@ flags.DEFINE_bool("measure_poison", False,
 flags.DEFINE_bool("curve", False, "Accuracy vs poisoning fraction.")
 flags.DEFINE_integer("eval_steps", None,
                      "Training steps of the evaluated models (curve).")
+flags.DEFINE_list("transfer_to", [],
+                  "Curve: also train these inner models on each model's "
+                  "poisons (transfer: crafted on one, evaluated on another).")
+flags.DEFINE_list("keras_victims", [],
+                  "Curve: also train these Keras victims (ntga_tfds.victims) "
+                  "on the training set plus the first k points, at the "
+                  "fractions of --victim_fractions.")
+flags.DEFINE_list("victim_fractions", ["0", "0.05", "0.1", "0.2"],
+                  "Poisoning fractions at which Keras victims are trained.")
+flags.DEFINE_integer("victim_epochs", 50, "Keras victims' epochs.")
+flags.DEFINE_integer("victim_seeds", 3, "Keras victims' seeds (mean).")
+flags.DEFINE_string("poisons_dir", None,
+                    "Curve: keep each model's crafted points here "
+                    "(<model>.npz) and reuse them when present, so a rerun "
+                    "only evaluates.")
 flags.DEFINE_string("png", None, "Draw the curve here (matplotlib).")
 flags.DEFINE_string("json", None, "Also write the figures to this file.")
 FLAGS = flags.FLAGS
@@ -121,28 +136,85 @@ def _time_steps(data, config, num_classes):
   return np.diff(stamps[:-1]), stamps[-1] - stamps[0]
 
 
-def _curve(data, model, num_classes):
-  x, y, xv, yv, xt, yt = data
-  key = jax.random.PRNGKey(0)
+def _craft(data, model, num_classes):
+  """The points crafted against `model` (and the attack's seconds, or None
+  when read back from --poisons_dir)."""
+  x, y, xv, yv = data[:4]
+  path = (os.path.join(FLAGS.poisons_dir, f"{model}.npz")
+          if FLAGS.poisons_dir else None)
+  if path and os.path.exists(path):
+    got = np.load(path)
+    if len(got["y"]) >= FLAGS.num_poisons:
+      return got["x"][:FLAGS.num_poisons], got["y"][:FLAGS.num_poisons], None
   config = _config(model, FLAGS.outer_steps)
   start = time.perf_counter()
   xp, yp = bg.poison(x, y, x_val=xv, y_val=yv, num_poisons=FLAGS.num_poisons,
-                     key=key, config=config, num_classes=num_classes)
+                     key=jax.random.PRNGKey(0), config=config,
+                     num_classes=num_classes)
   attack_s = time.perf_counter() - start
+  if path:
+    os.makedirs(FLAGS.poisons_dir, exist_ok=True)
+    np.savez(path, x=xp, y=yp, attack_s=attack_s)
+  return xp, yp, attack_s
+
+
+def _inner_accuracy(data, model, xp, yp, k, num_classes):
+  """Test accuracy of inner model `model` trained with the first k points."""
+  x, y, _, _, xt, yt = data
+  key = jax.random.PRNGKey(0)
+  config = _config(model, FLAGS.outer_steps)
+  params = bg.train(np.concatenate([x, xp[:k]]), np.concatenate([y, yp[:k]]),
+                    key=key, config=config, num_classes=num_classes,
+                    steps=FLAGS.eval_steps)
+  return bg.accuracy(params, xt, yt)
+
+
+def _curve(data, model, num_classes):
+  x, y, xv, yv = data[:4]
+  key = jax.random.PRNGKey(0)
+  config = _config(model, FLAGS.outer_steps)
+  xp, yp, attack_s = _craft(data, model, num_classes)
   flips = [_attack._pick(key, j, yv, config, num_classes)
            for j in range(FLAGS.num_poisons)]
   xf = xv[[i for i, _ in flips]]
   yf = np.array([label for _, label in flips])
   rows = []
   for k in range(FLAGS.num_poisons + 1):
+    rows.append((k / len(y),
+                 *(_inner_accuracy(data, model, px, py, k, num_classes)
+                   for px, py in ((xp, yp), (xf, yf)))))
+  transfer = {
+      other: [(k / len(y), _inner_accuracy(data, other, xp, yp, k,
+                                           num_classes))
+              for k in range(FLAGS.num_poisons + 1)]
+      for other in FLAGS.transfer_to if other != model}
+  victims = {name: _keras_curve(data, name, xp, yp, xf, yf, num_classes)
+             for name in FLAGS.keras_victims}
+  return rows, attack_s, transfer, victims
+
+
+def _keras_curve(data, name, xp, yp, xf, yf, num_classes):
+  """Mean test accuracy of Keras victim `name` over --victim_seeds seeds, at
+  each of --victim_fractions: (fraction, with the attack's points, with the
+  label flips)."""
+  from ntga_tfds import victims  # pylint: disable=g-import-not-at-top
+  x, y, _, _, xt, yt = data
+  rows = []
+  for fraction in map(float, FLAGS.victim_fractions):
+    k = int(round(fraction * len(y)))
+    if k > len(yp):
+      continue
     accs = []
     for px, py in ((xp, yp), (xf, yf)):
-      params = bg.train(np.concatenate([x, px[:k]]),
-                        np.concatenate([y, py[:k]]), key=key, config=config,
-                        num_classes=num_classes, steps=FLAGS.eval_steps)
-      accs.append(bg.accuracy(params, xt, yt))
+      runs = [victims.train(
+          name, (np.concatenate([x, px[:k]]), np.concatenate([y, py[:k]])),
+          test=(xt, yt), num_classes=num_classes,
+          epochs=FLAGS.victim_epochs, seed=seed, progress=False)
+              for seed in range(FLAGS.victim_seeds)]
+      accs.append(float(np.mean([r.history.final_test_accuracy
+                                 for r in runs])))
     rows.append((k / len(y), *accs))
-  return rows, attack_s
+  return rows
 
 
 def _draw(curves, path):
@@ -198,11 +270,19 @@ def main(_):
       print(f"{model}: curve, about "
             f"{FLAGS.num_poisons * FLAGS.outer_steps * median:.0f} s of "
             f"attack ...", flush=True)
-      rows, attack_s = _curve(data, model, num_classes)
+      rows, attack_s, transfer, keras = _curve(data, model, num_classes)
       curves[model] = rows
-      out[f"{model}: attack s (MEASURED, curve)"] = round(attack_s, 1)
+      if attack_s is not None:
+        out[f"{model}: attack s (MEASURED, curve)"] = round(attack_s, 1)
       out[f"{model}: test acc (fraction, attack, flips)"] = [
           [round(v, 4) for v in r] for r in rows]
+      for other, got in transfer.items():
+        out[f"{model} -> {other}: test acc (fraction, attack)"] = [
+            [round(v, 4) for v in r] for r in got]
+      for name, got in keras.items():
+        out[f"{model} -> keras {name}: final test acc, mean of "
+            f"{FLAGS.victim_seeds} (fraction, attack, flips)"] = [
+                [round(v, 4) for v in r] for r in got]
   out["peak_rss_gib"] = round(
       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
   _timing.report(out, json_path=FLAGS.json, width=48)
