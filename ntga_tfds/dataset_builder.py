@@ -219,6 +219,59 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
           + self.MANUAL_DOWNLOAD_INSTRUCTIONS)
     return None
 
+  def make_job(self, *, manual_dir=None, download_config=None,
+               max_examples_per_split: Optional[int] = None):
+    """`(job, data_sha256, implementation)` of this builder's config.
+
+    Loads the source splits (from `manual_dir` where the source needs
+    files) and makes the family's `generation.Job`; what generation runs,
+    here or on a Beam worker (`parallel.UnitSpec`). The splits are kept as
+    `self._train`, `self._test`.
+    """
+    from ntga_tfds import generation  # pylint: disable=g-import-not-at-top
+    cfg = self.builder_config
+    fam = self.family()
+    load = dict(data_dir=self.data_dir_root, manual_dir=manual_dir,
+                download_config=download_config)
+    train = sources.load_source(
+        self.SOURCE, "train", **load,
+        max_examples=_min_limit(cfg.max_train_examples,
+                                max_examples_per_split))
+    test = sources.load_source(
+        self.SOURCE, "test", **load,
+        max_examples=_min_limit(cfg.max_test_examples,
+                                max_examples_per_split))
+    self._train, self._test = train, test
+    job = fam.job(cfg, train, test, sources.source_spec(self.SOURCE))
+    return (job, generation.sha256_json([train.sha256, test.sha256]),
+            fam.implementation(cfg))
+
+  def _distribute(self, job, dc, manual_dir, implementation):
+    """How units are spread: Beam workers when the build got Beam options
+    (`tfds build --beam_pipeline_options=...`), every local device when
+    there are several accelerators (or `NTGA_TFDS_DEVICES` says so), else
+    in order here (None)."""
+    from ntga_tfds import parallel  # pylint: disable=g-import-not-at-top
+    if not job.independent_units:
+      return None
+    beam_options = getattr(dc, "beam_options", None)
+    beam_runner = getattr(dc, "beam_runner", None)
+    if beam_options is not None or beam_runner is not None:
+      if self.checkpoint_root() is None:
+        raise ValueError(
+            f"{self.name}: generation on Beam keeps each unit as a file "
+            f"under data_dir; {self.data_dir_root} is not a local or shared "
+            "filesystem path.")
+      spec = parallel.UnitSpec(
+          dataset=self.name, config=self.builder_config,
+          data_dir=os.fspath(self.data_dir_root),
+          manual_dir=os.fspath(manual_dir) if manual_dir else None,
+          max_examples_per_split=dc.max_examples_per_split,
+          implementation=implementation)
+      return parallel.beam(spec, options=beam_options, runner=beam_runner)
+    devices = parallel.devices_from_env()
+    return parallel.local_devices(devices) if devices else None
+
   def _split_generators(self, dl_manager):
     from ntga_tfds import generation  # pylint: disable=g-import-not-at-top
     cfg = self.builder_config
@@ -226,23 +279,14 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
     dc = getattr(self, "_source_download_config", None) or \
         tfds.download.DownloadConfig()
     manual_dir = self._source_manual_dir(dl_manager, dc)
-    load = dict(data_dir=self.data_dir_root, manual_dir=manual_dir,
-                download_config=dc)
-    train = sources.load_source(
-        self.SOURCE, "train", **load,
-        max_examples=_min_limit(cfg.max_train_examples,
-                                dc.max_examples_per_split))
-    test = sources.load_source(
-        self.SOURCE, "test", **load,
-        max_examples=_min_limit(cfg.max_test_examples,
-                                dc.max_examples_per_split))
-    spec = sources.source_spec(self.SOURCE)
-    job = fam.job(cfg, train, test, spec)
-    implementation = fam.implementation(cfg)
+    job, data_sha256, implementation = self.make_job(
+        manual_dir=manual_dir, download_config=dc,
+        max_examples_per_split=dc.max_examples_per_split)
+    train, test = self._train, self._test
     result = generation.run(
-        job, data_sha256=generation.sha256_json([train.sha256, test.sha256]),
-        checkpoint_dir=self.checkpoint_root(),
-        shared_dir=self.shared_root(), implementation=implementation)
+        job, data_sha256=data_sha256, checkpoint_dir=self.checkpoint_root(),
+        shared_dir=self.shared_root(), implementation=implementation,
+        distribute=self._distribute(job, dc, manual_dir, implementation))
     self._checkpoint_dir_used = result.checkpoint_dir
     self.info.metadata.update(self._generation_metadata(
         cfg, job, result, train, test, implementation))

@@ -98,6 +98,10 @@ class Job(abc.ABC):
   num_units: int = 0
   steps_per_unit: int = 0   # optimiser steps per unit, for progress bars
   unit_noun: str = "unit"   # "block", "target group", ... for progress bars
+  # Whether `run_unit` ignores `previous` (after `prepare`, every unit is a
+  # function of the job's inputs and its shared inputs alone): then units
+  # may be computed concurrently, elsewhere, in any order (`distribute`).
+  independent_units: bool = False
 
   @abc.abstractmethod
   def payload(self) -> Dict[str, Any]:
@@ -369,6 +373,57 @@ class Result:
   generated_at: str
 
 
+def open_stores(job: Job, *, data_sha256: str, checkpoint_dir=None,
+                shared_dir=None,
+                implementation: Optional[Mapping[str, Any]] = None):
+  """`(store, cache, fingerprint)` of a job: where its finished units
+  (`CheckpointStore`, None without `checkpoint_dir`) and its shared inputs
+  (`SharedCache`) live. What `run` uses; a worker that computes some of the
+  units (`distribute`) opens the same ones from the same arguments."""
+  payload = fingerprint_payload(job, data_sha256=data_sha256,
+                                implementation=implementation)
+  store = (CheckpointStore(checkpoint_dir, payload)
+           if checkpoint_dir is not None else None)
+  fp = store.fingerprint if store else fingerprint(payload)
+  base = {k: v for k, v in payload.items() if k != "job"}
+  cache = SharedCache(
+      shared_dir if shared_dir is not None
+      else (store.directory if store else None), base)
+  return store, cache, fp
+
+
+def compute_unit(job: Job, u: int, previous: Sequence[Arrays] = (), *,
+                 store: Optional[CheckpointStore] = None,
+                 on_step: Optional[Callable[[int, float], None]] = None
+                 ) -> Arrays:
+  """Runs unit `u`, checks it and checkpoints it (if `store`)."""
+  out = job.run_unit(u, previous, on_step=on_step or (lambda *_: None))
+  out = {k: np.asarray(v) for k, v in out.items()}
+  problem = job.check_unit(u, out)
+  if problem is not None:
+    raise RuntimeError(f"{job.family} {job.unit_noun} {u}: {problem}")
+  if store is not None:
+    store.save(u, out)
+  return out
+
+
+def load_unit(job: Job, u: int,
+              store: Optional[CheckpointStore]) -> Optional[Arrays]:
+  """Unit `u`'s checkpoint if present and valid, else None."""
+  done = store.load(u) if store else None
+  if done is not None and job.check_unit(u, done) is None:
+    return done
+  return None
+
+
+# `distribute(job, units, *, store, cache) -> {u: arrays} or None`:
+# computes the given units of a prepared job with independent units
+# somewhere else (other devices, Beam workers); units it does not return
+# must be in `store` afterwards. None: it declined, and `run` computes them
+# in order. See `ntga_tfds.parallel`.
+Distribute = Callable[..., Mapping[int, Arrays]]
+
+
 def _progress(total, desc, enabled, **kwargs):
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
   return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True,
@@ -380,7 +435,8 @@ def run(job: Job, *, data_sha256: str, checkpoint_dir=None,
         implementation: Optional[Mapping[str, Any]] = None,
         progress: Optional[bool] = None,
         on_unit: Optional[Callable[[int, int], None]] = None,
-        stop_after: Optional[int] = None) -> Result:
+        stop_after: Optional[int] = None,
+        distribute: Optional[Distribute] = None) -> Result:
   """Computes (or resumes) every unit of `job` and assembles its splits.
 
   Args:
@@ -398,6 +454,10 @@ def run(job: Job, *, data_sha256: str, checkpoint_dir=None,
       (and checkpointed).
     stop_after: compute at most this many units, then raise `Interrupted`
       (to test resuming; the finished units stay checkpointed).
+    distribute: for a job with `independent_units`, computes the units not
+      yet checkpointed elsewhere (`ntga_tfds.parallel`: every local device,
+      or Apache Beam workers) after `prepare` ran here once; the result is
+      the same as computing them in order.
 
   Returns:
     `Result`.
@@ -405,25 +465,47 @@ def run(job: Job, *, data_sha256: str, checkpoint_dir=None,
   start = time.time()
   if progress is None:
     progress = os.environ.get("NTGA_TFDS_PROGRESS", "1") != "0"
-  payload = fingerprint_payload(job, data_sha256=data_sha256,
-                                implementation=implementation)
-  store = (CheckpointStore(checkpoint_dir, payload)
-           if checkpoint_dir is not None else None)
-  fp = store.fingerprint if store else fingerprint(payload)
-  base = {k: v for k, v in payload.items() if k != "job"}
-  cache = SharedCache(
-      shared_dir if shared_dir is not None
-      else (store.directory if store else None), base)
+  store, cache, fp = open_stores(job, data_sha256=data_sha256,
+                                 checkpoint_dir=checkpoint_dir,
+                                 shared_dir=shared_dir,
+                                 implementation=implementation)
   outputs: List[Arrays] = []
   resumed = computed = 0
   prepared = False
+  elsewhere: Mapping[int, Arrays] = {}
+  pending: List[int] = []
+  if distribute is not None and job.independent_units and stop_after is None:
+    pending = [u for u in range(job.num_units)
+               if load_unit(job, u, store) is None]
+    if pending:
+      job.prepare(cache)  # shared inputs once, before any worker needs them
+      prepared = True
+      got = distribute(job, pending, store=store, cache=cache)
+      if got is None:  # declined (e.g. one device): computed below, in order
+        pending = []
+      else:
+        elsewhere = dict(got)
+      missing = [u for u in pending
+                 if u not in elsewhere and load_unit(job, u, store) is None]
+      if missing:
+        raise RuntimeError(
+            f"{job.family}: {len(missing)} {job.unit_noun}s were not "
+            f"computed by the distributed run (e.g. {missing[0]}).")
+      computed = len(pending)
   bar = _progress(job.num_units, f"{job.family} {job.unit_noun}s", progress,
                   unit=job.unit_noun)
   try:
     for u in range(job.num_units):
-      done = store.load(u) if store else None
-      if done is not None and job.check_unit(u, done) is None:
+      if u in elsewhere:
+        outputs.append(elsewhere[u])
+        bar.update(1)
+        continue
+      done = load_unit(job, u, store)
+      if done is not None:
         outputs.append(done)
+        if u in pending:  # computed by `distribute` (counted there)
+          bar.update(1)
+          continue
         resumed += 1
         bar.set_postfix(resumed=resumed)
         bar.update(1)
@@ -443,17 +525,11 @@ def run(job: Job, *, data_sha256: str, checkpoint_dir=None,
         _bar.update(1)
 
       try:
-        out = job.run_unit(u, outputs, on_step=on_step)
+        out = compute_unit(job, u, outputs, store=store, on_step=on_step)
       finally:
         steps.close()
-      out = {k: np.asarray(v) for k, v in out.items()}
-      problem = job.check_unit(u, out)
-      if problem is not None:
-        raise RuntimeError(f"{job.family} {job.unit_noun} {u}: {problem}")
       outputs.append(out)
       computed += 1
-      if store:
-        store.save(u, out)
       bar.update(1)
       if on_unit is not None:
         on_unit(u, job.num_units)
@@ -477,6 +553,7 @@ class Interrupted(RuntimeError):
 __all__ = [
     "Job", "run", "Result", "Interrupted", "CheckpointStore", "SharedCache",
     "fingerprint_payload", "fingerprint", "perturbation_stats",
+    "open_stores", "compute_unit", "load_unit", "Distribute",
     "package_versions", "transforms_source_sha256", "jsonable",
     "sha256_json",
 ]

@@ -218,6 +218,7 @@ class BlockJob(generation.Job):
   """
   COLUMNS: Dict[str, Any] = {}
   unit_noun = "block"
+  independent_units = True
 
   def __init__(self, x_train: np.ndarray, y_train: np.ndarray, *,
                family: str, config: Any, poison_fn: Callable[..., Any],
@@ -414,6 +415,7 @@ class TargetedJob(generation.Job):
   """
   COLUMNS = {"is_poison": False, "adversarial_label": -1}
   unit_noun = "target group"
+  independent_units = True
 
   def __init__(self, x_train, y_train, x_test, y_test, *, family: str,
                config: Any, craft_fn: Callable[..., Any], plan: TargetPlan,
