@@ -73,6 +73,25 @@ def test_beam_multiprocess_build_equals_single_process(single, tmp_path,
   assert not list((tmp_path / "downloads").rglob("unit_*.npz"))
 
 
+def test_beam_workers_read_the_surrogate_the_driver_trained(tmp_path,
+                                                          monkeypatch):
+  dataset = "digits_witches_brew/cnn_eps16_budget1_seed0_fast"
+  single = tfds.builder(dataset, data_dir=os.fspath(tmp_path / "a"))
+  single.download_and_prepare()
+  def driver_must_not_craft(self, u, previous, *, on_step):
+    raise AssertionError(f"the driver crafted target group {u}")
+  monkeypatch.setattr(plans.TargetedJob, "run_unit", driver_must_not_craft)
+  beamed = tfds.builder(dataset, data_dir=os.fspath(tmp_path / "b"))
+  beamed.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      beam_options=PipelineOptions(["--direct_num_workers=2",
+                                    "--direct_running_mode=multi_processing"])))
+  assert beamed.info.metadata["units_computed"] == 1
+  a, b = _records(single), _records(beamed)
+  assert sorted(a) == sorted(b)
+  for name, data in a.items():
+    assert b[name] == data, name
+
+
 def test_a_unit_that_fails_once_is_retried_without_loss_or_duplicates(
     single, tmp_path, monkeypatch):
   real = plans.BlockJob.run_unit
