@@ -97,3 +97,15 @@ def peak_fma_gflops(repeats=3):
   # A peak: the best of the runs (this machine's rate varies by ~20% from
   # run to run).
   return max(float(out.split()[0]) for out in runs)
+
+
+def load_offline(source: str, manual_dir=None):
+  """`(train, test)` `SourceData` of a source, offline: the files in
+  `manual_dir` (default ../shared/data/<source>); the digits need none."""
+  from ntga_tfds import sources  # pylint: disable=g-import-not-at-top
+  manual = None
+  if source != "digits":
+    manual = manual_dir or (pathlib.Path(__file__).resolve().parents[2]
+                            / "shared" / "data" / source)
+  return tuple(sources.load_source(source, split, manual_dir=manual)
+               for split in ("train", "test"))

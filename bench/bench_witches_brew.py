@@ -30,7 +30,6 @@ Set JAX's threads with the usual XLA flags; the machine's load matters.
 """
 
 import os
-import pathlib
 import resource
 import time
 
@@ -40,10 +39,8 @@ import jax
 import numpy as np
 
 import _timing
-from ntga_tfds import sources
 from ntga_tfds.transforms import witches_brew as wb
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 EPS_LEVELS = {"digits": 16, "mnist": 16, "cifar10": 16}
 
 flags.DEFINE_enum("source", "digits", ["digits", "mnist", "cifar10"],
@@ -79,12 +76,7 @@ FLAGS = flags.FLAGS
 
 
 def _load():
-  manual = None
-  if FLAGS.source != "digits":
-    manual = FLAGS.manual_dir or REPO.parent / "shared" / "data" / (
-        FLAGS.source)
-  train = sources.load_source(FLAGS.source, "train", manual_dir=manual)
-  test = sources.load_source(FLAGS.source, "test", manual_dir=manual)
+  train, test = _timing.load_offline(FLAGS.source, FLAGS.manual_dir)
   return train.images, train.labels, test.images, test.labels
 
 

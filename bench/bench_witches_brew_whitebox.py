@@ -25,10 +25,9 @@ from absl import flags
 import jax
 import numpy as np
 
-from ntga_tfds import sources
+import _timing
 from ntga_tfds.transforms import witches_brew as wb
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("source", "mnist", ["digits", "mnist"], "Dataset.")
 flags.DEFINE_string("manual_dir", None, "Default ../shared/data/<source>.")
@@ -45,12 +44,7 @@ flags.DEFINE_string("json", None, "Also write the rows here.")
 
 
 def main(_):
-  manual = None
-  if FLAGS.source != "digits":
-    manual = FLAGS.manual_dir or REPO.parent / "shared" / "data" / (
-        FLAGS.source)
-  train = sources.load_source(FLAGS.source, "train", manual_dir=manual)
-  test = sources.load_source(FLAGS.source, "test", manual_dir=manual)
+  train, test = _timing.load_offline(FLAGS.source, FLAGS.manual_dir)
   x, y = train.images, train.labels
   cfg = wb.WitchesBrewConfig(
       eps=FLAGS.eps_levels / 255, budget=FLAGS.budget, steps=FLAGS.steps,
