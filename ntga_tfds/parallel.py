@@ -15,7 +15,7 @@ as files) and its pending units are handed to a `distribute` function
   shared inputs from the cache the driver filled, computes its units and
   writes each as an atomic checkpoint named by its number. The driver then
   assembles the splits from the checkpoints exactly as a single-process
-  build does, so the dataset is the same, byte for byte.
+  build does, so the dataset holds the same examples in the same order.
 
 A unit computed twice (a retried bundle, a speculative worker) writes the
 same bytes to the same file; a unit whose valid checkpoint exists is not
