@@ -152,8 +152,8 @@ def main(_):
 
 def _finetune(name, evaluate, state, save):
   """Convex Polytope: victims pretrained once per seed on `pretrain` (for
-  every setting), then fine-tuned per target in both settings; each
-  setting's success counts the targets crafted for it."""
+  every setting), then fine-tuned per target in the setting its poisons
+  were crafted for."""
   by_setting, finetunes = {}, {}
   for config in _expand(FLAGS.configs):
     pre, ft, test, setting, _ = evaluate.load_finetune(
@@ -164,7 +164,8 @@ def _finetune(name, evaluate, state, save):
   report = evaluate.evaluate_finetune_arrays(
       pre, finetunes, test, victims=FLAGS.victims, seeds=FLAGS.retrains,
       settings=tuple(sorted(by_setting)), pretrain_epochs=FLAGS.epochs,
-      finetune_epochs=FLAGS.finetune_epochs, finetune_lr=FLAGS.finetune_lr)
+      finetune_epochs=FLAGS.finetune_epochs, finetune_lr=FLAGS.finetune_lr,
+      settings_of={c: (s,) for s, cs in by_setting.items() for c in cs})
   state["finetune"] = report
   save()
   print(evaluate.format_finetune_table(report))

@@ -600,6 +600,8 @@ def evaluate_finetune_arrays(pretrain: Arrays, finetunes: Mapping[str, dict],
                              pretrain_epochs: int | None = None,
                              finetune_epochs: int = 60,
                              finetune_lr: float | None = None,
+                             settings_of: Mapping[str, Sequence[str]]
+                             | None = None,
                              batch_size: int = 64,
                              num_classes: int | None = None,
                              metadata: Mapping | None = None,
@@ -623,6 +625,9 @@ def evaluate_finetune_arrays(pretrain: Arrays, finetunes: Mapping[str, dict],
       60 epochs).
     finetune_lr: Adam's learning rate; default 1e-2 for "transfer" (the last
       layer), 1e-4 for "e2e".
+    settings_of: name -> the settings that fine-tuning set is evaluated in
+      (e.g. only the one its poisons were crafted for); default every one
+      of `settings`.
     num_classes: default `1 + max label`.
     metadata: extra fields stored at the top of the report.
 
@@ -661,6 +666,9 @@ def evaluate_finetune_arrays(pretrain: Arrays, finetunes: Mapping[str, dict],
       by_name = res[setting] = {}
       hits_all = []
       for name, ft in finetunes.items():
+        if settings_of is not None and setting not in settings_of.get(
+            name, settings):
+          continue
         x_t, _, adv = (np.asarray(a) for a in ft["targets"])
         by_name[name] = {}
         for set_name in ("poisoned", "clean"):
