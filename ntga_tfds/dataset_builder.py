@@ -221,12 +221,11 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
 
   def make_job(self, *, manual_dir=None, download_config=None,
                max_examples_per_split: Optional[int] = None):
-    """`(job, data_sha256, implementation)` of this builder's config.
+    """`(job, data_sha256, implementation, train, test)` of this config.
 
     Loads the source splits (from `manual_dir` where the source needs
     files) and makes the family's `generation.Job`; what generation runs,
-    here or on a Beam worker (`parallel.UnitSpec`). The splits are kept as
-    `self._train`, `self._test`.
+    here or on a Beam worker (`parallel.UnitSpec`).
     """
     from ntga_tfds import generation  # pylint: disable=g-import-not-at-top
     cfg = self.builder_config
@@ -241,10 +240,9 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
         self.SOURCE, "test", **load,
         max_examples=_min_limit(cfg.max_test_examples,
                                 max_examples_per_split))
-    self._train, self._test = train, test
     job = fam.job(cfg, train, test, sources.source_spec(self.SOURCE))
     return (job, generation.sha256_json([train.sha256, test.sha256]),
-            fam.implementation(cfg))
+            fam.implementation(cfg), train, test)
 
   def _distribute(self, job, dc, manual_dir, implementation):
     """How units are spread: Beam workers when the build got Beam options
@@ -254,9 +252,7 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
     from ntga_tfds import parallel  # pylint: disable=g-import-not-at-top
     if not job.independent_units:
       return None
-    beam_options = getattr(dc, "beam_options", None)
-    beam_runner = getattr(dc, "beam_runner", None)
-    if beam_options is not None or beam_runner is not None:
+    if dc.beam_options is not None or dc.beam_runner is not None:
       if self.checkpoint_root() is None:
         raise ValueError(
             f"{self.name}: generation on Beam keeps each unit as a file "
@@ -268,7 +264,8 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
           manual_dir=os.fspath(manual_dir) if manual_dir else None,
           max_examples_per_split=dc.max_examples_per_split,
           implementation=implementation)
-      return parallel.beam(spec, options=beam_options, runner=beam_runner)
+      return parallel.beam(spec, options=dc.beam_options,
+                           runner=dc.beam_runner)
     devices = parallel.devices_from_env()
     return parallel.local_devices(devices) if devices else None
 
@@ -279,10 +276,9 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
     dc = getattr(self, "_source_download_config", None) or \
         tfds.download.DownloadConfig()
     manual_dir = self._source_manual_dir(dl_manager, dc)
-    job, data_sha256, implementation = self.make_job(
+    job, data_sha256, implementation, train, test = self.make_job(
         manual_dir=manual_dir, download_config=dc,
         max_examples_per_split=dc.max_examples_per_split)
-    train, test = self._train, self._test
     result = generation.run(
         job, data_sha256=data_sha256, checkpoint_dir=self.checkpoint_root(),
         shared_dir=self.shared_root(), implementation=implementation,

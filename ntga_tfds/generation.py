@@ -472,40 +472,42 @@ def run(job: Job, *, data_sha256: str, checkpoint_dir=None,
   outputs: List[Arrays] = []
   resumed = computed = 0
   prepared = False
-  elsewhere: Mapping[int, Arrays] = {}
-  pending: List[int] = []
+  ready: Dict[int, Arrays] = {}   # read back before the loop
+  fresh: Dict[int, Arrays] = {}   # computed by `distribute`
   if distribute is not None and job.independent_units and stop_after is None:
-    pending = [u for u in range(job.num_units)
-               if load_unit(job, u, store) is None]
+    for u in range(job.num_units):
+      done = load_unit(job, u, store)
+      if done is not None:
+        ready[u] = done
+    pending = [u for u in range(job.num_units) if u not in ready]
     if pending:
       job.prepare(cache)  # shared inputs once, before any worker needs them
       prepared = True
       got = distribute(job, pending, store=store, cache=cache)
-      if got is None:  # declined (e.g. one device): computed below, in order
-        pending = []
-      else:
-        elsewhere = dict(got)
-      missing = [u for u in pending
-                 if u not in elsewhere and load_unit(job, u, store) is None]
-      if missing:
-        raise RuntimeError(
-            f"{job.family}: {len(missing)} {job.unit_noun}s were not "
-            f"computed by the distributed run (e.g. {missing[0]}).")
-      computed = len(pending)
+      if got is not None:  # None: declined (e.g. one device), run in order
+        missing = []
+        for u in pending:
+          out = got[u] if u in got else load_unit(job, u, store)
+          if out is None:
+            missing.append(u)
+          else:
+            fresh[u] = out
+        if missing:
+          raise RuntimeError(
+              f"{job.family}: {len(missing)} {job.unit_noun}s were not "
+              f"computed by the distributed run (e.g. {missing[0]}).")
+        computed = len(pending)
   bar = _progress(job.num_units, f"{job.family} {job.unit_noun}s", progress,
                   unit=job.unit_noun)
   try:
     for u in range(job.num_units):
-      if u in elsewhere:
-        outputs.append(elsewhere[u])
+      if u in fresh:
+        outputs.append(fresh.pop(u))
         bar.update(1)
         continue
-      done = load_unit(job, u, store)
+      done = ready.pop(u) if u in ready else load_unit(job, u, store)
       if done is not None:
         outputs.append(done)
-        if u in pending:  # computed by `distribute` (counted there)
-          bar.update(1)
-          continue
         resumed += 1
         bar.set_postfix(resumed=resumed)
         bar.update(1)

@@ -154,7 +154,7 @@ class UnitSpec:
     import ntga_tfds  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     builder = tfds.builder_cls(self.dataset)(config=self.config,
                                              data_dir=self.data_dir)
-    job, data_sha256, implementation = builder.make_job(
+    job, data_sha256, implementation, _, _ = builder.make_job(
         manual_dir=self.manual_dir,
         max_examples_per_split=self.max_examples_per_split)
     if generation.jsonable(implementation) != generation.jsonable(
