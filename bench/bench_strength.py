@@ -43,7 +43,6 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
-import numpy as np
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("source", "mnist", ["digits", "mnist", "cifar10"],
@@ -87,26 +86,24 @@ def _build(source, text, state, save):
   cfg = families.get("ntga").config(name, **overrides)
   dataset = f"{source}_ntga"
   builder = tfds.builder_cls(dataset)(config=cfg, data_dir=FLAGS.data_dir)
+  entry = state["builds"].setdefault(text, {})
+  entry["config"] = cfg.name
   if not builder.is_prepared():
     start = time.time()
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=FLAGS.manual_dir))
-    state["builds"][text] = {
-        "config": cfg.name, "build_seconds": round(time.time() - start, 1),
-        "generation_seconds": builder.info.metadata.get("generation_seconds")}
+    entry["build_seconds"] = round(time.time() - start, 1)
+    entry["generation_seconds"] = builder.info.metadata.get(
+        "generation_seconds")
     save()
-  state["builds"].setdefault(text, {})["config"] = cfg.name
   return f"{dataset}/{cfg.name}"
 
 
-def _stats(values):
-  return {"mean": float(np.mean(values)), "std": float(np.std(values)),
-          "min": float(np.min(values)), "max": float(np.max(values)),
-          "n": len(values)}
-
-
 def table(state, rows, victims, defenses) -> str:
-  """Markdown: one line per (victim, defence, row); accuracies in %."""
+  """Markdown: one line per (victim, defence, row); accuracies in %, the
+  spread the sample standard deviation over seeds (as `evaluate` reports)."""
+  from ntga_tfds import evaluate  # pylint: disable=g-import-not-at-top
+  stats = evaluate._stats  # pylint: disable=protected-access
   lines = ["| victim | defence | training set | peak % (mean ± std) | "
            "final % (mean ± std) | seeds |", "| --- | --- | --- | --- | --- "
            "| --- |"]
@@ -117,8 +114,8 @@ def table(state, rows, victims, defenses) -> str:
                 if k.startswith(f"{row}|{victim}|{defense}|")]
         if not runs:
           continue
-        peak = _stats([r["peak"] for r in runs])
-        final = _stats([r["final"] for r in runs])
+        peak = stats([r["peak"] for r in runs])
+        final = stats([r["final"] for r in runs])
         lines.append(
             f"| {victim} | {defense} | {row} | {100 * peak['mean']:.2f} ± "
             f"{100 * peak['std']:.2f} | {100 * final['mean']:.2f} ± "

@@ -174,17 +174,12 @@ def _finetune(name, evaluate, state, save):
     for setting, configs in sorted(by_setting.items()):
       for set_name in ("poisoned", "clean"):
         hits = [h for c in configs
-                for h in _hits(res[setting][c][set_name], finetunes[c])]
+                for h in res[setting][c][set_name]["success"]["values"]]
         print(f"{victim} {setting} ({set_name}): success "
               f"{np.mean(hits):.0%} over {len(configs)} targets x "
               f"{FLAGS.retrains} seeds; test accuracy after fine-tuning "
               f"{np.mean([res[setting][c][set_name]['test_accuracy']['mean'] for c in configs]):.4f}")
     print(f"{victim}: pretrained test accuracy {res['pretrained']}")
-
-
-def _hits(result, ft):
-  adv = np.asarray(ft["targets"][2])
-  return [float((np.asarray(p) == adv).mean()) for p in result["predictions"]]
 
 
 if __name__ == "__main__":
