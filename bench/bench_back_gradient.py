@@ -86,8 +86,8 @@ flags.DEFINE_integer("victim_epochs", 50, "Keras victims' epochs.")
 flags.DEFINE_integer("victim_seeds", 3, "Keras victims' seeds (mean).")
 flags.DEFINE_string("poisons_dir", None,
                     "Curve: keep each model's crafted points here "
-                    "(<model>.npz) and reuse them when present, so a rerun "
-                    "only evaluates.")
+                    "(<model>-<hash of the settings>.npz) and reuse them "
+                    "when present, so a rerun only evaluates.")
 flags.DEFINE_string("png", None, "Draw the curve here (matplotlib).")
 flags.DEFINE_string("json", None, "Also write the figures to this file.")
 FLAGS = flags.FLAGS
@@ -140,13 +140,21 @@ def _craft(data, model, num_classes):
   """The points crafted against `model` (and the attack's seconds, or None
   when read back from --poisons_dir)."""
   x, y, xv, yv = data[:4]
-  path = (os.path.join(FLAGS.poisons_dir, f"{model}.npz")
-          if FLAGS.poisons_dir else None)
+  config = _config(model, FLAGS.outer_steps)
+  path = None
+  if FLAGS.poisons_dir:
+    # Named by everything that decides the points, so that another setting
+    # (e.g. fewer outer steps) is never read back by mistake.
+    from ntga_tfds import generation  # pylint: disable=g-import-not-at-top
+    key = generation.sha256_json({
+        "config": generation.jsonable(config), "source": FLAGS.source,
+        "classes": FLAGS.classes, "num_train": FLAGS.num_train,
+        "num_val": FLAGS.num_val})[:12]
+    path = os.path.join(FLAGS.poisons_dir, f"{model}-{key}.npz")
   if path and os.path.exists(path):
     got = np.load(path)
     if len(got["y"]) >= FLAGS.num_poisons:
       return got["x"][:FLAGS.num_poisons], got["y"][:FLAGS.num_poisons], None
-  config = _config(model, FLAGS.outer_steps)
   start = time.perf_counter()
   xp, yp = bg.poison(x, y, x_val=xv, y_val=yv, num_poisons=FLAGS.num_poisons,
                      key=jax.random.PRNGKey(0), config=config,
