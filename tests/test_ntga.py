@@ -64,6 +64,36 @@ def test_as_published_is_one_full_eps_signed_step(small):
   assert np.all(np.abs(moved[free]) == k)
 
 
+def test_sign_finish_puts_pgd_perturbations_on_the_vertices(small):
+  x, y, xv, yv = small
+  config = FAST.replace(nb_iter=3, rand_init=True)
+  kw = dict(x_val=xv, y_val=yv, key=KEY)
+  plain = ntga.poison_block(x[:30], y[:30], config=config, **kw)
+  finished = ntga.poison_block(x[:30], y[:30],
+                               config=config.replace(sign_finish=True), **kw)
+  k = pgd.levels(FAST.eps)
+  clean = x[:30].astype(int)
+  before, after = plain.astype(int) - clean, finished.astype(int) - clean
+  # PGD left some pixels strictly inside the ball; the finish moves every
+  # perturbed pixel to the full eps along the same sign, unless [0, 255]
+  # clips it, and leaves unperturbed pixels alone.
+  assert ((before != 0) & (np.abs(before) < k)).any()
+  np.testing.assert_array_equal(np.sign(after), np.sign(before))
+  free = (after != 0) & (finished > 0) & (finished < 255)
+  assert free.any()
+  assert np.all(np.abs(after[free]) == k)
+  np.testing.assert_array_equal(after[before == 0], 0)
+
+
+@pytest.mark.parametrize("changes", [dict(norm="l2", eps=0.5),
+                                     dict(optimizer="as_published"),
+                                     dict(rand_init=1)])
+def test_sign_finish_and_flags_reject_bad_settings(changes):
+  with pytest.raises(ValueError, match="sign_finish|rand_init"):
+    ntga.NTGAConfig(**{"sign_finish": not changes.get("rand_init"),
+                       **changes})
+
+
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("eps", [1 / 255, 8 / 255, 0.1, 0.3])
 def test_linf_budget_after_quantisation(seed, eps):

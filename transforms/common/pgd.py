@@ -14,6 +14,12 @@ Two optimisers:
   from the clean images with the full eps at every iteration, so its result
   is one signed-gradient step of size eps from the clean block; we compute
   that step once.
+
+`sign_finish` (L-inf, "pgd" only) ends the ascent on the vertices of the
+ball: every pixel's perturbation is pushed to +-eps along its sign (a pixel
+PGD left unperturbed stays), then projected onto [0, 1]. One signed step
+from the clean input puts every pixel there too; this keeps PGD's
+directions with the one step's energy.
 """
 
 from __future__ import annotations
@@ -63,6 +69,11 @@ def ascent_step(x, grad, x_clean, *, step_size, eps, norm: str):
   else:
     direction = grad / (_per_example_norm(grad) + _TINY)
   return project(x + step_size * direction, x_clean, eps=eps, norm=norm)
+
+
+def to_vertices(x, x_clean, *, eps):
+  """L-inf: each nonzero perturbation moved to +-eps (its sign), in [0, 1]."""
+  return jnp.clip(x_clean + eps * jnp.sign(x - x_clean), 0.0, 1.0)
 
 
 def random_start(key, x_clean, *, eps, norm: str):
@@ -117,7 +128,7 @@ StepFn = Callable[..., tuple]
 
 def ascend(step_fn: StepFn, x_clean, *, key, eps: float,
            step_size: float, nb_iter: int, norm: str, optimizer: str,
-           rand_init: bool,
+           rand_init: bool, sign_finish: bool = False,
            on_step: Optional[Callable[[int, float], None]] = None):
   """Runs the optimiser; returns the float adversarial inputs.
 
@@ -126,9 +137,13 @@ def ascend(step_fn: StepFn, x_clean, *, key, eps: float,
       loss measured at `x` before the step.
     x_clean: `(n, ...)` clean inputs in [0, 1].
     key: PRNG key for the random start.
-    eps, step_size, nb_iter, norm, optimizer, rand_init: see module doc.
+    eps, step_size, nb_iter, norm, optimizer, rand_init, sign_finish: see
+      module doc.
     on_step: called as `on_step(step, loss)` after each step.
   """
+  if sign_finish and (norm != "linf" or optimizer != "pgd"):
+    raise ValueError("sign_finish needs norm='linf' and optimizer='pgd', got "
+                     f"norm={norm!r}, optimizer={optimizer!r}.")
   x_clean = jnp.asarray(x_clean)
   eps_a = jnp.asarray(eps, x_clean.dtype)
   if optimizer == "as_published":
@@ -144,4 +159,6 @@ def ascend(step_fn: StepFn, x_clean, *, key, eps: float,
     x, loss = step_fn(x, x_clean, step_a, eps_a)
     if on_step is not None:
       on_step(i, float(loss))
+  if sign_finish:
+    x = to_vertices(x, x_clean, eps=eps_a)
   return x

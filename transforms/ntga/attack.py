@@ -396,7 +396,8 @@ def _attack(x_in, y, val: _Validation, *, key, config: NTGAConfig,
     x_adv = pgd.ascend(step_fn, x_clean, key=key, eps=config.eps,
                        step_size=config.step_size, nb_iter=config.nb_iter,
                        norm=config.norm, optimizer=config.optimizer,
-                       rand_init=config.rand_init, on_step=on_step)
+                       rand_init=config.rand_init,
+                       sign_finish=config.sign_finish, on_step=on_step)
   return pgd.quantize(x_adv, x_u8, eps=config.eps, norm=config.norm)
 
 

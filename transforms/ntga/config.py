@@ -32,6 +32,8 @@ class NTGAConfig:
     nb_iter: PGD iterations.
     eps_iter: PGD step size; default `2.5 * eps / nb_iter`.
     rand_init: start PGD from a random point of the eps ball.
+    sign_finish: after the last PGD step, move every perturbed pixel to
+      +-eps along its sign (L-inf, "pgd" only; see `common.pgd`).
     block_size: examples attacked together (B-NTGA).
     diag_reg: diagonal regulariser of `k_train_train`, relative to its mean
       trace (as `nt.predict.gradient_descent_mse(diag_reg=...)`).
@@ -51,6 +53,7 @@ class NTGAConfig:
   nb_iter: int = 10
   eps_iter: Optional[float] = None
   rand_init: bool = False
+  sign_finish: bool = False
   block_size: int = 512
   diag_reg: float = 1e-4
   val_chunk_size: Optional[int] = None
@@ -70,6 +73,14 @@ class NTGAConfig:
     _checks.choice(self.dtype, "dtype", DTYPES)
     _checks.positive_int(self.nb_iter, "nb_iter")
     _checks.positive_int(self.block_size, "block_size")
+    for name in ("rand_init", "sign_finish"):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"{name} must be True or False, got "
+                         f"{getattr(self, name)!r}.")
+    if self.sign_finish and (self.norm != "linf" or self.optimizer != "pgd"):
+      raise ValueError("sign_finish needs norm='linf' and optimizer='pgd', "
+                       f"got norm={self.norm!r}, "
+                       f"optimizer={self.optimizer!r}.")
     if self.eps_iter is not None and not (
         isinstance(self.eps_iter, (int, float)) and self.eps_iter > 0):
       raise ValueError(f"eps_iter must be > 0, got {self.eps_iter!r}.")
