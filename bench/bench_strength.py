@@ -53,6 +53,11 @@ flags.DEFINE_integer("seeds", 3, "Victim seeds (0..n-1).")
 flags.DEFINE_integer("epochs", None, "Victim epochs (default: recipe).")
 flags.DEFINE_list("defenses", ["none"], "none and/or augment.")
 flags.DEFINE_bool("control", True, "Add the random-noise control row.")
+flags.DEFINE_bool("clean", True, "Train victims on the clean row too (off: "
+                  "spend the time on the settings; the table still shows "
+                  "what the JSON has for it).")
+flags.DEFINE_bool("table_only", False, "Print the table of what the JSON "
+                  "holds for these settings; build and train nothing.")
 flags.DEFINE_string("manual_dir", None, "Offline source files.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir.")
 flags.DEFINE_string("json", None, "Results (and resume state).")
@@ -114,12 +119,14 @@ def table(state, rows, victims, defenses) -> str:
                 if k.startswith(f"{row}|{victim}|{defense}|")]
         if not runs:
           continue
-        peak = stats([r["peak"] for r in runs])
-        final = stats([r["final"] for r in runs])
+        def cell(values):
+          s = stats(values)  # no spread from one seed
+          spread = f" ± {100 * s['std']:.2f}" if len(values) > 1 else ""
+          return f"{100 * s['mean']:.2f}{spread}"
         lines.append(
-            f"| {victim} | {defense} | {row} | {100 * peak['mean']:.2f} ± "
-            f"{100 * peak['std']:.2f} | {100 * final['mean']:.2f} ± "
-            f"{100 * final['std']:.2f} | {len(runs)} |")
+            f"| {victim} | {defense} | {row} | "
+            f"{cell([r['peak'] for r in runs])} | "
+            f"{cell([r['final'] for r in runs])} | {len(runs)} |")
   return "\n".join(lines)
 
 
@@ -146,6 +153,15 @@ def main(_):
       with open(tmp, "w") as f:
         json.dump(state, f, indent=1)
       os.replace(tmp, FLAGS.json)
+
+  if FLAGS.table_only:
+    if not FLAGS.json or not os.path.exists(FLAGS.json):
+      raise app.UsageError("--table_only needs an existing --json.")
+    rows = [CLEAN] + sorted({k.split("|")[0] for k in state["runs"]}
+                            - {CLEAN} - set(FLAGS.setting)) + list(
+                                FLAGS.setting)
+    print(table(state, rows, FLAGS.victims, FLAGS.defenses))
+    return
 
   manual = FLAGS.manual_dir
   train = sources.load_source(FLAGS.source, "train", data_dir=FLAGS.data_dir,
@@ -176,7 +192,7 @@ def main(_):
       for defense in FLAGS.defenses:
         for seed in range(FLAGS.seeds):
           key = f"{row}|{victim}|{defense}|{seed}"
-          if key in state["runs"]:
+          if key in state["runs"] or (row == CLEAN and not FLAGS.clean):
             continue
           if row not in loaded:
             loaded.clear()  # one training set in memory at a time
