@@ -37,6 +37,7 @@ MAX_DEFAULT_VAL_SIZE = 10_000
 _MASK64 = (1 << 64) - 1
 _HELDOUT_STREAM = 1 << 40
 _FOLD_STREAM = 1 << 41
+_SHARED_FOLD_STREAM = 1 << 42
 _TARGET_STREAM = 1 << 42
 _POISON_STREAM = 1 << 43
 
@@ -106,7 +107,11 @@ class BlockPlan:
     num_examples: size of the training set.
     block_size: effective examples per block.
     protocol: "all_train" (every example poisoned, each block against a
-      validation fold drawn from the other examples) or "heldout"
+      validation fold drawn from the other examples), "shared_fold" (every
+      example poisoned, every block against the same fold but for the
+      block's own members: the `val_size` examples outside the block with
+      the smallest keyed scores of one stream, so folds of any two blocks
+      differ only where a block overlaps the other's fold) or "heldout"
       (`val_size` examples held out clean, every block against them).
     val_size: validation examples per block (0 if the attack needs none).
     seed: the seed.
@@ -141,7 +146,9 @@ class BlockPlan:
       return self.heldout_indices
     mask = np.ones(self.num_examples, bool)
     mask[self.block(b)] = False
-    return keyed_choice(self.seed, _FOLD_STREAM + b, np.flatnonzero(mask),
+    stream = (_SHARED_FOLD_STREAM if self.protocol == "shared_fold"
+              else _FOLD_STREAM + b)
+    return keyed_choice(self.seed, stream, np.flatnonzero(mask),
                         self.val_size)
 
   def to_json(self) -> Dict[str, Any]:
@@ -152,7 +159,7 @@ class BlockPlan:
             "num_heldout": int(self.heldout_indices.shape[0])}
 
 
-BLOCK_PROTOCOLS = ("all_train", "heldout")
+BLOCK_PROTOCOLS = ("all_train", "shared_fold", "heldout")
 
 
 def default_val_size(num_examples: int) -> int:
@@ -168,8 +175,8 @@ def make_block_plan(num_examples: int, *, block_size: Optional[int],
 
   Block `b` holds consecutive examples (in the source's canonical order) and
   is attacked with the key `fold_in(PRNGKey(seed), b)`; the last, partial
-  block is poisoned too. "all_train": a training set that fits in one block
-  is split in two blocks so that a fold exists. "heldout": `val_size`
+  block is poisoned too. "all_train" / "shared_fold": a training set that
+  fits in one block is split in two blocks so that a fold exists. "heldout": `val_size`
   examples, chosen by the keyed hash, are held out clean.
   """
   n = int(num_examples)

@@ -28,6 +28,8 @@ NOISE = families.get("random_noise")
                        protocol="all_train")),
     ("cnn_eps8_t4096_paper", dict(eps=8 / 255, t=4096.0, surrogate="cnn",
                                   protocol="paper")),
+    ("eps76_t64_shared", dict(eps=76 / 255, t=64.0, surrogate="fnn",
+                              protocol="shared")),
 ])
 def test_ntga_name_grammar_round_trips(name, parts):
   assert NTGA.parse_name(name) == parts
@@ -37,7 +39,8 @@ def test_ntga_name_grammar_round_trips(name, parts):
 
 @pytest.mark.parametrize("bad", [
     "eps8", "fnn_eps8_t64", "eps0_t64", "eps8_t", "eps8_t-1",
-    "EPS8_t64", "eps8_t64_paper_x", "eps08_t64", "eps8_t64_extra"])
+    "EPS8_t64", "eps8_t64_paper_x", "eps08_t64", "eps8_t64_extra",
+    "eps8_t64_paper_shared", "eps8_t64_shared_paper"])
 def test_bad_ntga_names_are_rejected_with_the_grammar(bad):
   with pytest.raises(ValueError, match=r"\[cnn_\]eps\{k\}_t\{t\}"):
     NTGA.parse_name(bad)

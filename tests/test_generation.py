@@ -83,6 +83,34 @@ def test_all_train_plan_poisons_everything_against_other_examples():
   assert plan.heldout_indices.size == 0
 
 
+def test_shared_fold_plan_attacks_every_block_against_one_fold():
+  n, v = 1000, 100
+  shared = plans.make_block_plan(n, block_size=256, protocol="shared_fold",
+                                 val_size=v, seed=3)
+  own = plans.make_block_plan(n, block_size=256, val_size=v, seed=3)
+  assert shared.num_blocks == 4
+  np.testing.assert_array_equal(shared.poison_indices, np.arange(n))
+  folds = [shared.validation(b) for b in range(4)]
+  for b, fold in enumerate(folds):
+    assert len(fold) == v == len(np.unique(fold))
+    assert not set(shared.block(b)) & set(fold)   # never the block itself
+  # One fold, less each block's own images: every fold is the first v
+  # images outside its block in one keyed order of all training images...
+  scores = plans.keyed_scores(3, plans._SHARED_FOLD_STREAM, np.arange(n))
+  order = np.lexsort((np.arange(n), scores))
+  for b, fold in enumerate(folds):
+    first = [i for i in order if i not in set(shared.block(b))][:v]
+    np.testing.assert_array_equal(fold, np.sort(first))
+  # ...so two blocks' folds overlap far more than the fresh folds of
+  # "all_train" (about v * v / (n - 256) images in common there).
+  common = lambda p: min(len(set(p.validation(b)) & set(p.validation(c)))
+                         for b in range(4) for c in range(b))
+  assert common(shared) >= v // 3 and common(own) < v // 4
+  assert plans.make_block_plan(n, block_size=256, protocol="shared_fold",
+                               val_size=v, seed=4).validation(0).tolist() != \
+      folds[0].tolist()
+
+
 def test_paper_plan_holds_out_one_clean_validation_set():
   plan = plans.make_block_plan(1000, block_size=256, protocol="heldout",
                               val_size=200, seed=0)

@@ -1,4 +1,4 @@
-"""NTGA datasets: `<source>_ntga/[cnn_]eps{k}_t{t}[_paper]`.
+"""NTGA datasets: `<source>_ntga/[cnn_]eps{k}_t{t}[_paper|_shared]`.
 
 Every training image is perturbed, block by block, each block against a
 validation set (`plans.BlockJob`) by `ntga_tfds.transforms.ntga`.
@@ -15,6 +15,10 @@ Name grammar:
            against them; without it, every training image is poisoned and
            each block is attacked against a validation fold drawn from the
            other training images.
+  _shared  every training image is poisoned, and every block is attacked
+           against one shared validation fold of training images (less the
+           block's own images, replaced by the next in the fold's keyed
+           order).
 
 Any other setting (an `NTGAConfig` field: nb_iter, loss, norm, optimizer,
 ...; or `seed`, `val_size`, ...) is given to `config`:
@@ -36,10 +40,13 @@ from ntga_tfds import families
 from ntga_tfds import plans
 from ntga_tfds.transforms.ntga import config as ntga_config
 
-PROTOCOLS = ("all_train", "paper")
+PROTOCOLS = ("all_train", "shared", "paper")
+# The family's protocol -> `plans.BlockPlan`'s.
+_BLOCK_PROTOCOL = {"all_train": "all_train", "shared": "shared_fold",
+                   "paper": "heldout"}
 _NAME = re.compile(
     r"^(?:(?P<cnn>cnn)_)?eps(?P<eps>[1-9][0-9]*)_t(?P<t>inf|[0-9]+(?:p[0-9]+)?)"
-    r"(?P<paper>_paper)?$")
+    r"(?P<protocol>_paper|_shared)?$")
 
 
 @dataclasses.dataclass(eq=False)
@@ -156,10 +163,14 @@ split.
 * Paper protocol (`_paper` configs): `val_size` training images (10,000 for \
 MNIST and CIFAR-10) are held out clean; every block is attacked against all \
 of them; they are released as the `validation` split.
+* Shared-fold protocol (`_shared` configs): every training image is \
+poisoned, and every block is attacked against the same validation fold: the \
+`val_size` training images outside the block that come first in one keyed \
+order (so all blocks push towards the same validation images).
 
 ## Configs
 
-Config names follow the grammar `[cnn_]eps{k}_t{t}[_paper]`:
+Config names follow the grammar `[cnn_]eps{k}_t{t}[_paper|_shared]`:
 
 | part | meaning |
 |---|---|
@@ -167,6 +178,7 @@ Config names follow the grammar `[cnn_]eps{k}_t{t}[_paper]`:
 | `eps{k}` | L-inf budget k/255: every pixel moves by at most k of 255 levels (k in 1..254) |
 | `t{t}` | surrogate training time: an integer, `inf` (the converged GP), or a decimal with `p` (`t0p5`) |
 | `_paper` | the paper's protocol (above) instead of poisoning every training image |
+| `_shared` | every training image poisoned, every block against one shared validation fold (less the block's own images) instead of a fold of its own |
 
 Every grammar name works with `tfds.load`/`tfds build`, named below or not \
 (`tfds.load("$builder/eps16_t8")`). Any other setting (PGD steps, loss, \
@@ -212,17 +224,18 @@ training on the poisoned vs the clean images.
     if not m:
       raise ValueError(
           f"{name!r} is not an NTGA config name. Grammar: "
-          "[cnn_]eps{k}_t{t}[_paper], e.g. eps8_t64, cnn_eps76_t1, "
+          "[cnn_]eps{k}_t{t}[_paper|_shared], e.g. eps8_t64, cnn_eps76_t1, "
           "eps8_tinf, eps8_t4096_paper (k: levels out of 255; t: integer, "
           "inf or a decimal with p).")
     return {"eps": configs.check_levels(int(m["eps"])) / 255,
             "t": configs.parse_t(m["t"]),
             "surrogate": "cnn" if m["cnn"] else "fnn",
-            "protocol": "paper" if m["paper"] else "all_train"}
+            "protocol": (m["protocol"] or "_all_train")[1:]}
 
   def format_name(self, settings) -> str:
     prefix = "cnn_" if settings["surrogate"] == "cnn" else ""
-    suffix = "_paper" if settings["protocol"] == "paper" else ""
+    protocol = settings["protocol"]
+    suffix = "" if protocol == "all_train" else f"_{protocol}"
     return (f"{prefix}eps{configs.eps_levels(settings['eps'])}_t"
             f"{configs.format_t(settings['t'])}{suffix}")
 
@@ -231,9 +244,11 @@ training on the poisoned vs the clean images.
     return (f"NTGA, {settings['surrogate'].upper()} surrogate, L-inf eps="
             f"{configs.eps_levels(settings['eps'])}/255, t="
             f"{'inf (converged GP)' if math.isinf(t) else f'{t:g}'}; "
-            + ("paper protocol (held-out clean validation split)"
-               if settings["protocol"] == "paper" else
-               "every training example poisoned") + ".")
+            + {"paper": "paper protocol (held-out clean validation split)",
+               "shared": "every training example poisoned, one shared "
+                         "validation fold",
+               "all_train": "every training example poisoned"}[
+                   settings["protocol"]] + ".")
 
   def job(self, cfg, train, test, spec):
     del test
@@ -253,7 +268,7 @@ training on the poisoned vs the clean images.
         train.images, train.labels, family=self.name, config=config,
         poison_fn=poison_fn, num_classes=spec.num_classes, seed=cfg.seed,
         block_size=config.block_size,
-        protocol="heldout" if cfg.protocol == "paper" else "all_train",
+        protocol=_BLOCK_PROTOCOL[cfg.protocol],
         val_size=val_size, uses_validation=True,
         steps_per_block=1 if config.optimizer == "as_published"
         else config.nb_iter)
