@@ -104,11 +104,17 @@ def _build(source, text, state, save):
   return f"{dataset}/{cfg.name}"
 
 
+def _cell(values) -> str:
+  """Mean in %, with the sample std over seeds when there are several."""
+  from ntga_tfds import evaluate  # pylint: disable=g-import-not-at-top
+  s = evaluate._stats(values)  # pylint: disable=protected-access
+  spread = f" ± {100 * s['std']:.2f}" if len(values) > 1 else ""
+  return f"{100 * s['mean']:.2f}{spread}"
+
+
 def table(state, rows, victims, defenses) -> str:
   """Markdown: one line per (victim, defence, row); accuracies in %, the
   spread the sample standard deviation over seeds (as `evaluate` reports)."""
-  from ntga_tfds import evaluate  # pylint: disable=g-import-not-at-top
-  stats = evaluate._stats  # pylint: disable=protected-access
   lines = ["| victim | defence | training set | peak % (mean ± std) | "
            "final % (mean ± std) | seeds |", "| --- | --- | --- | --- | --- "
            "| --- |"]
@@ -119,14 +125,10 @@ def table(state, rows, victims, defenses) -> str:
                 if k.startswith(f"{row}|{victim}|{defense}|")]
         if not runs:
           continue
-        def cell(values):
-          s = stats(values)  # no spread from one seed
-          spread = f" ± {100 * s['std']:.2f}" if len(values) > 1 else ""
-          return f"{100 * s['mean']:.2f}{spread}"
         lines.append(
             f"| {victim} | {defense} | {row} | "
-            f"{cell([r['peak'] for r in runs])} | "
-            f"{cell([r['final'] for r in runs])} | {len(runs)} |")
+            f"{_cell([r['peak'] for r in runs])} | "
+            f"{_cell([r['final'] for r in runs])} | {len(runs)} |")
   return "\n".join(lines)
 
 

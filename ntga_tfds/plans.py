@@ -176,8 +176,9 @@ def make_block_plan(num_examples: int, *, block_size: Optional[int],
   Block `b` holds consecutive examples (in the source's canonical order) and
   is attacked with the key `fold_in(PRNGKey(seed), b)`; the last, partial
   block is poisoned too. "all_train" / "shared_fold": a training set that
-  fits in one block is split in two blocks so that a fold exists. "heldout": `val_size`
-  examples, chosen by the keyed hash, are held out clean.
+  fits in one block is split in two blocks so that a fold exists.
+  "heldout": `val_size` examples, chosen by the keyed hash, are held out
+  clean.
   """
   n = int(num_examples)
   if n < 1:

@@ -192,6 +192,14 @@ def flag(value, name: str) -> bool:
   return value
 
 
+def sign_finish(value, *, norm: str, optimizer: str) -> bool:
+  """PGD's `sign_finish` flag: only with norm "linf" and optimizer "pgd"."""
+  if flag(value, "sign_finish") and (norm != "linf" or optimizer != "pgd"):
+    raise ValueError("sign_finish needs norm='linf' and optimizer='pgd', got "
+                     f"norm={norm!r}, optimizer={optimizer!r}.")
+  return value
+
+
 # ---------------------------------------------------------------------------
 # Arguments of the attacks' functions.
 

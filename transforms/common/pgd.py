@@ -141,9 +141,7 @@ def ascend(step_fn: StepFn, x_clean, *, key, eps: float,
       module doc.
     on_step: called as `on_step(step, loss)` after each step.
   """
-  if sign_finish and (norm != "linf" or optimizer != "pgd"):
-    raise ValueError("sign_finish needs norm='linf' and optimizer='pgd', got "
-                     f"norm={norm!r}, optimizer={optimizer!r}.")
+  checks.sign_finish(sign_finish, norm=norm, optimizer=optimizer)
   x_clean = jnp.asarray(x_clean)
   eps_a = jnp.asarray(eps, x_clean.dtype)
   if optimizer == "as_published":

@@ -73,14 +73,9 @@ class NTGAConfig:
     _checks.choice(self.dtype, "dtype", DTYPES)
     _checks.positive_int(self.nb_iter, "nb_iter")
     _checks.positive_int(self.block_size, "block_size")
-    for name in ("rand_init", "sign_finish"):
-      if not isinstance(getattr(self, name), bool):
-        raise ValueError(f"{name} must be True or False, got "
-                         f"{getattr(self, name)!r}.")
-    if self.sign_finish and (self.norm != "linf" or self.optimizer != "pgd"):
-      raise ValueError("sign_finish needs norm='linf' and optimizer='pgd', "
-                       f"got norm={self.norm!r}, "
-                       f"optimizer={self.optimizer!r}.")
+    _checks.flag(self.rand_init, "rand_init")
+    _checks.sign_finish(self.sign_finish, norm=self.norm,
+                        optimizer=self.optimizer)
     if self.eps_iter is not None and not (
         isinstance(self.eps_iter, (int, float)) and self.eps_iter > 0):
       raise ValueError(f"eps_iter must be > 0, got {self.eps_iter!r}.")
