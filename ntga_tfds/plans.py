@@ -37,9 +37,10 @@ MAX_DEFAULT_VAL_SIZE = 10_000
 _MASK64 = (1 << 64) - 1
 _HELDOUT_STREAM = 1 << 40
 _FOLD_STREAM = 1 << 41
-_SHARED_FOLD_STREAM = 1 << 42
 _TARGET_STREAM = 1 << 42
 _POISON_STREAM = 1 << 43
+# 1 << 44 and 1 << 45: back_gradient's and convex_polytope's streams.
+_SHARED_FOLD_STREAM = 1 << 46
 
 Arrays = generation.Arrays
 
