@@ -230,7 +230,7 @@ training on the poisoned vs the clean images.
     return {"eps": configs.check_levels(int(m["eps"])) / 255,
             "t": configs.parse_t(m["t"]),
             "surrogate": "cnn" if m["cnn"] else "fnn",
-            "protocol": (m["protocol"] or "_all_train")[1:]}
+            "protocol": m["protocol"][1:] if m["protocol"] else "all_train"}
 
   def format_name(self, settings) -> str:
     prefix = "cnn_" if settings["surrogate"] == "cnn" else ""
