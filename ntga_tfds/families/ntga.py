@@ -56,8 +56,10 @@ class NTGABuilderConfig(configs.PoisonConfig):
   Attributes:
     attack: the `ntga.NTGAConfig`.
     protocol: "all_train" (default: every training image poisoned, each
-      block against a validation fold of other training images) or "paper"
-      (`val_size` clean training images held out as a `validation` split).
+      block against a validation fold of other training images), "shared"
+      (every training image poisoned, every block against one shared fold
+      less its own images) or "paper" (`val_size` clean training images held
+      out as a `validation` split).
     val_size: validation images per block; default min(10,000, n // 5).
   """
   protocol: str = "all_train"
