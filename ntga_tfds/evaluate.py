@@ -563,26 +563,149 @@ def write_targeted_outputs(report: dict, output_dir: str, *, targets,
 # ------------------------------------------------- transfer learning -----
 
 
-def _finetune(model, train, *, num_classes, setting, epochs, batch_size,
-              seed, learning_rate=None):
-  """A copy of `model` fine-tuned on `train`: its last layer only
-  ("transfer", the rest frozen) or every layer ("e2e")."""
+# The reference's retraining of the victim on the poisoned fine-tuning set
+# (github.com/zhuchen03/ConvexPolytopePosioning, `train_network_with_poison`
+# in trainer.py, with the defaults of craft_poisons_transfer.py and the flags
+# of launch/attack-transfer.sh and launch/attack-end2end.sh): Adam, 60
+# epochs, the learning rate x0.1 at the start of epochs 30 and 45, batch 64,
+# the network in eval mode throughout (`net.eval()`: BatchNorm on its running
+# statistics, no dropout; the victim has no test-time dropout).
+FINETUNE_LR = {"transfer": 0.1, "e2e": 1e-4}
+FINETUNE_WEIGHT_DECAY = {"transfer": 0.0, "e2e": 5e-4}
+FINETUNE_EPOCHS = 60
+FINETUNE_DECAY_EPOCHS = (30, 45)  # of FINETUNE_EPOCHS; scaled to others.
+FINETUNE_DECAY = 0.1
+FINETUNE_BATCH_SIZE = 64
+
+
+def finetune_decay_epochs(epochs: int) -> tuple[int, ...]:
+  """The epochs (0-based) at whose start the learning rate drops x0.1.
+
+  The reference's 30 and 45 of 60, scaled to `epochs` (half and three
+  quarters of the run, rounded down, at least 1): (5, 7) for 10 epochs,
+  (1, 1) for 2 (both drops at once).
+  """
+  return tuple(max(1, e * int(epochs) // FINETUNE_EPOCHS)
+               for e in FINETUNE_DECAY_EPOCHS)
+
+
+def finetune_schedule(learning_rate: float, *, epochs: int,
+                      num_examples: int, batch_size: int):
+  """The reference's step schedule as a Keras learning-rate schedule.
+
+  Args:
+    learning_rate: the initial learning rate.
+    epochs: fine-tuning epochs (the drops are at `finetune_decay_epochs`).
+    num_examples: size of the fine-tuning set.
+    batch_size: its batch size (the last batch of an epoch may be short, as
+      the reference's DataLoader, so an epoch is ceil(num_examples /
+      batch_size) steps).
+
+  Returns:
+    A `keras.optimizers.schedules.PiecewiseConstantDecay` that gives
+    `learning_rate` for the first `d1 * steps_per_epoch` updates, then x0.1,
+    then x0.01 from the start of epoch `d2`. (Keras evaluates it at the
+    optimizer's iteration count before the update, and keeps the first value
+    while `step <= boundary`, hence the boundaries one step early.)
+  """
   import keras  # pylint: disable=g-import-not-at-top
+  per_epoch = -(-int(num_examples) // int(batch_size))
+  epochs_at = finetune_decay_epochs(epochs)
+  return keras.optimizers.schedules.PiecewiseConstantDecay(
+      [e * per_epoch - 1 for e in epochs_at],
+      [float(learning_rate) * FINETUNE_DECAY ** i
+       for i in range(len(epochs_at) + 1)])
+
+
+def _inference_mode(inner, weight_decay: float = 0.0):
+  """`inner` wrapped to run in inference mode while it trains, as a PyTorch
+  network trained after `net.eval()`, with an L2 penalty `weight_decay / 2 *
+  sum ||w||^2` over its trainable weights (gradient `weight_decay * w`, as
+  PyTorch's `weight_decay`). Training the wrapper trains `inner`'s
+  weights."""
+  import keras  # pylint: disable=g-import-not-at-top
+
+  class InferenceMode(keras.Model):
+
+    def __init__(self):
+      super().__init__(name=f"{inner.name}_inference_mode")
+      self.inner = inner
+
+    def call(self, x, training=None):  # pylint: disable=unused-argument
+      out = self.inner(x, training=False)
+      if weight_decay:
+        self.add_loss(0.5 * weight_decay * sum(
+            keras.ops.sum(keras.ops.square(w))
+            for w in self.inner.trainable_weights))
+      return out
+
+  return InferenceMode()
+
+
+def _finetune(model, train, *, num_classes, setting,
+              epochs=FINETUNE_EPOCHS, batch_size=FINETUNE_BATCH_SIZE,
+              seed=0, learning_rate=None, weight_decay=None):
+  """A copy of `model` fine-tuned on `train` with the reference's recipe.
+
+  "transfer" (the reference's default): every layer but the last frozen;
+  the penultimate features of `train` computed once in inference mode (the
+  reference's `FeatureSet`), and the last (Dense) layer retrained on them
+  with Adam, lr 0.1, no weight decay. "e2e" (launch/attack-end2end.sh):
+  every layer trained, Adam lr 1e-4 with L2 weight decay 5e-4 coupled into
+  the gradient (PyTorch Adam's `weight_decay`, not AdamW), the network run
+  in inference mode as the reference's `net.eval()` (BatchNorm normalises
+  with, and does not update, its moving statistics, though its scale and
+  offset train; dropout off). Both: `epochs` (60), batch `batch_size` (64),
+  shuffled every epoch, learning rate x0.1 at `finetune_decay_epochs`
+  (30 and 45 of 60), cross-entropy, Adam's epsilon 1e-8 (PyTorch's).
+
+  Args:
+    model: the pretrained Keras model (functional, ending in a Dense layer);
+      left unchanged.
+    train: `(x, y)` images (uint8 or float [0, 1]) and integer labels.
+    num_classes: one-hot depth.
+    setting: "transfer" or "e2e".
+    epochs: fine-tuning epochs.
+    batch_size: fine-tuning batch size.
+    seed: seeds the copy's shuffling.
+    learning_rate: the initial learning rate; default `FINETUNE_LR[setting]`.
+    weight_decay: L2 coefficient; default `FINETUNE_WEIGHT_DECAY[setting]`.
+
+  Returns:
+    The fine-tuned copy.
+  """
+  import keras  # pylint: disable=g-import-not-at-top
+  if setting not in FINETUNE_LR:
+    raise ValueError(f"setting must be 'transfer' or 'e2e', got {setting!r}.")
+  lr = FINETUNE_LR[setting] if learning_rate is None else learning_rate
+  wd = (FINETUNE_WEIGHT_DECAY[setting] if weight_decay is None
+        else weight_decay)
   keras.utils.set_random_seed(seed)
   tuned = keras.models.clone_model(model)
   tuned.set_weights(model.get_weights())
+  x, y = np.asarray(train[0]), np.asarray(train[1])
+  head = tuned.layers[-1]
   if setting == "transfer":
+    if not isinstance(head, keras.layers.Dense):
+      raise ValueError(f"transfer fine-tuning retrains a last Dense layer; "
+                       f"{tuned.name}'s last layer is {type(head).__name__}.")
     for layer in tuned.layers[:-1]:
       layer.trainable = False
-  lr = learning_rate or (1e-2 if setting == "transfer" else 1e-4)
-  tuned.compile(optimizer=keras.optimizers.Adam(lr),
-                loss=keras.losses.CategoricalCrossentropy(from_logits=True))
-  x, y = train
-  tuned.fit(victims_lib.make_dataset(np.asarray(x), np.asarray(y),
-                                     num_classes=num_classes,
-                                     batch_size=batch_size,
-                                     shuffle_seed=seed),
-            epochs=epochs, verbose=0)
+    body = keras.Model(tuned.inputs, head.input)
+    x = body.predict(victims_lib.as_float(x), verbose=0, batch_size=1024)
+    inputs = keras.Input(x.shape[1:])
+    trained = _inference_mode(keras.Model(inputs, head(inputs)), wd)
+  else:
+    trained = _inference_mode(tuned, wd)
+  schedule = finetune_schedule(lr, epochs=epochs, num_examples=len(x),
+                               batch_size=batch_size)
+  trained.compile(optimizer=keras.optimizers.Adam(schedule, epsilon=1e-8),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+  trained.fit(victims_lib.make_dataset(x, y, num_classes=num_classes,
+                                       batch_size=batch_size,
+                                       shuffle_seed=seed),
+              epochs=epochs, verbose=0,
+              shuffle=False)  # The dataset shuffles itself.
   return tuned
 
 
@@ -598,11 +721,12 @@ def evaluate_finetune_arrays(pretrain: Arrays, finetunes: Mapping[str, dict],
                              seeds: int | Sequence[int] = 1,
                              settings: Sequence[str] = ("transfer",),
                              pretrain_epochs: int | None = None,
-                             finetune_epochs: int = 60,
+                             finetune_epochs: int = FINETUNE_EPOCHS,
                              finetune_lr: float | None = None,
+                             finetune_weight_decay: float | None = None,
                              settings_of: Mapping[str, Sequence[str]]
                              | None = None,
-                             batch_size: int = 64,
+                             batch_size: int = FINETUNE_BATCH_SIZE,
                              num_classes: int | None = None,
                              metadata: Mapping | None = None,
                              progress: bool = True) -> dict:
@@ -621,10 +745,15 @@ def evaluate_finetune_arrays(pretrain: Arrays, finetunes: Mapping[str, dict],
     victims, seeds, progress: as `evaluate_arrays`.
     settings: fine-tuning settings to evaluate.
     pretrain_epochs: default the victim's recipe.
-    finetune_epochs, batch_size: of the fine-tuning (the reference retrains
-      60 epochs).
-    finetune_lr: Adam's learning rate; default 1e-2 for "transfer" (the last
-      layer), 1e-4 for "e2e".
+    finetune_epochs, batch_size: of the fine-tuning; default the
+      reference's 60 epochs and batch 64 (the learning rate drops x0.1 at
+      epochs 30 and 45, scaled to other `finetune_epochs`; see `_finetune`
+      for the whole recipe and its source).
+    finetune_lr: Adam's initial learning rate; default the reference's 0.1
+      for "transfer" (the last layer, on frozen inference-mode features),
+      1e-4 for "e2e" (every layer, in inference mode).
+    finetune_weight_decay: L2 coefficient (PyTorch-style, in the gradient);
+      default the reference's 0 for "transfer", 5e-4 for "e2e".
     settings_of: name -> the settings that fine-tuning set is evaluated in
       (e.g. only the one its poisons were crafted for); default every one
       of `settings`.
@@ -678,7 +807,8 @@ def evaluate_finetune_arrays(pretrain: Arrays, finetunes: Mapping[str, dict],
             tuned = _finetune(runs[seed], data, num_classes=num_classes,
                               setting=setting, epochs=finetune_epochs,
                               batch_size=batch_size, seed=seed,
-                              learning_rate=finetune_lr)
+                              learning_rate=finetune_lr,
+                              weight_decay=finetune_weight_decay)
             preds.append(np.argmax(tuned.predict(
                 victims_lib.as_float(x_t), verbose=0), -1).tolist())
             accs.append(_accuracy(tuned, x_test, y_test))

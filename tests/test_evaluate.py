@@ -255,3 +255,128 @@ def test_plots_write_pngs(tmp_path):
   idx = plots.pick_examples(np.array([0, 1, 0, 1, 2, 2, 0]), per_class=2)
   assert len(idx) == 6 and sorted(np.array([0, 1, 0, 1, 2, 2, 0])[idx]) == [
       0, 0, 1, 1, 2, 2]
+
+
+# ------------------------------------------- Convex Polytope fine-tuning -----
+
+
+def _tiny_victim():
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(0)
+  inputs = keras.Input((4, 4, 1))
+  x = keras.layers.Conv2D(2, 3, padding="same")(inputs)
+  x = keras.layers.BatchNormalization()(x)
+  x = keras.layers.Dropout(0.5)(keras.layers.ReLU()(x))
+  x = keras.layers.Dense(3)(keras.layers.Flatten()(x))
+  return keras.Model(inputs, x)
+
+
+def _tiny_data(n=20):
+  rng = np.random.default_rng(0)
+  return (rng.integers(0, 256, (n, 4, 4, 1), dtype=np.uint8),
+          rng.integers(0, 3, n))
+
+
+def test_finetune_schedule_drops_at_the_reference_epochs():
+  assert evaluate.finetune_decay_epochs(60) == (30, 45)
+  assert evaluate.finetune_decay_epochs(10) == (5, 7)
+  assert evaluate.finetune_decay_epochs(1) == (1, 1)
+  # 100 examples in batches of 64: 2 steps an epoch; drops before the
+  # updates of steps 60 (epoch 30) and 90 (epoch 45), counting from 0.
+  sched = evaluate.finetune_schedule(0.1, epochs=60, num_examples=100,
+                                     batch_size=64)
+  lr = {s: float(sched(s)) for s in (0, 59, 60, 89, 90, 119)}
+  np.testing.assert_allclose([lr[0], lr[59], lr[60], lr[89], lr[90],
+                              lr[119]],
+                             [0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3], rtol=1e-6)
+  sched = evaluate.finetune_schedule(1e-4, epochs=4, num_examples=20,
+                                     batch_size=8)  # 3 steps an epoch
+  np.testing.assert_allclose([float(sched(s)) for s in range(12)],
+                             [1e-4] * 6 + [1e-5] * 3 + [1e-6] * 3,
+                             rtol=1e-6)
+
+
+def _recording_adam(monkeypatch):
+  import keras  # pylint: disable=g-import-not-at-top
+  made = []
+
+  class Recording(keras.optimizers.Adam):
+
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      made.append(self)
+
+  monkeypatch.setattr(keras.optimizers, "Adam", Recording)
+  return made
+
+
+def test_finetune_transfer_retrains_only_the_last_layer(monkeypatch):
+  made = _recording_adam(monkeypatch)
+  model = _tiny_victim()
+  before = [w.copy() for w in model.get_weights()]
+  tuned = evaluate._finetune(model, _tiny_data(), num_classes=3,
+                             setting="transfer", epochs=4, batch_size=8)
+  for a, b in zip(before, model.get_weights()):  # the original is untouched
+    np.testing.assert_array_equal(a, b)
+  # Every weight of the body, BatchNorm's moving statistics included, is the
+  # pretrained one; the last Dense layer moved.
+  for layer, orig in zip(tuned.layers[:-1], model.layers[:-1]):
+    for a, b in zip(layer.get_weights(), orig.get_weights()):
+      np.testing.assert_array_equal(a, b)
+  assert not np.allclose(tuned.layers[-1].get_weights()[0],
+                         model.layers[-1].get_weights()[0])
+  (opt,) = made
+  assert int(opt.iterations) == 4 * 3  # ceil(20 / 8) steps an epoch
+  # The reference's 0.1, x0.1 at epoch 2 of 4 and again at epoch 3.
+  np.testing.assert_allclose(float(opt.learning_rate), 1e-3, rtol=1e-6)
+  np.testing.assert_allclose(
+      [float(opt._learning_rate(s)) for s in range(12)],  # pylint: disable=protected-access
+      [0.1] * 6 + [0.01] * 3 + [1e-3] * 3, rtol=1e-6)
+  # Deterministic: the same seed, the same copy.
+  again = evaluate._finetune(model, _tiny_data(), num_classes=3,
+                             setting="transfer", epochs=4, batch_size=8)
+  np.testing.assert_allclose(again.layers[-1].get_weights()[0],
+                             tuned.layers[-1].get_weights()[0], rtol=1e-5)
+
+
+def test_finetune_e2e_trains_every_layer_in_inference_mode(monkeypatch):
+  made = _recording_adam(monkeypatch)
+  model = _tiny_victim()
+  bn = next(i for i, l in enumerate(model.layers)
+            if l.__class__.__name__ == "BatchNormalization")
+  tuned = evaluate._finetune(model, _tiny_data(), num_classes=3,
+                             setting="e2e", epochs=4, batch_size=8,
+                             learning_rate=1e-2)
+  gamma, beta, mean, var = model.layers[bn].get_weights()
+  t_gamma, t_beta, t_mean, t_var = tuned.layers[bn].get_weights()
+  # As `net.eval()`: the moving statistics are used, not updated ...
+  np.testing.assert_array_equal(t_mean, mean)
+  np.testing.assert_array_equal(t_var, var)
+  # ... while every trainable weight, BatchNorm's scale included, trains.
+  assert not np.allclose(t_gamma, gamma)
+  assert not np.allclose(tuned.layers[1].get_weights()[0],
+                         model.layers[1].get_weights()[0])
+  assert not np.allclose(tuned.layers[-1].get_weights()[0],
+                         model.layers[-1].get_weights()[0])
+  (opt,) = made  # the override is the initial rate; the schedule stays
+  np.testing.assert_allclose(float(opt._learning_rate(0)), 1e-2, rtol=1e-6)  # pylint: disable=protected-access
+  np.testing.assert_allclose(float(opt.learning_rate), 1e-4, rtol=1e-6)
+  with pytest.raises(ValueError, match="transfer"):
+    evaluate._finetune(model, _tiny_data(), num_classes=3, setting="x")
+
+
+def test_inference_mode_wrapper_adds_pytorch_style_weight_decay():
+  model = _tiny_victim()
+  x = np.ones((2, 4, 4, 1), np.float32)
+  wrapped = evaluate._inference_mode(model, 5e-4)
+  out = wrapped(x)
+  # Inference mode: dropout off, so the wrapper is deterministic and equals
+  # the model's own inference output.
+  np.testing.assert_allclose(out, model(x, training=False), rtol=1e-6)
+  np.testing.assert_allclose(wrapped(x), out, rtol=1e-6)
+  penalty = 0.5 * 5e-4 * sum(float(np.sum(np.square(w)))
+                             for w in model.trainable_weights)
+  np.testing.assert_allclose(float(sum(wrapped.losses)), penalty, rtol=1e-5)
+  plain = evaluate._inference_mode(model)
+  plain(x)
+  assert not plain.losses
