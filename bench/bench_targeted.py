@@ -34,9 +34,14 @@ flags.DEFINE_string("manual_dir", None, "Offline source files.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir.")
 flags.DEFINE_string("json", None, "Where the results go (and resume from).")
 flags.DEFINE_integer("finetune_epochs", 60, "Fine-tuning epochs (families "
-                     "with a pretrain split: Convex Polytope).")
-flags.DEFINE_float("finetune_lr", None, "Fine-tuning learning rate (default: "
-                   "evaluate's).")
+                     "with a pretrain split: Convex Polytope). The reference "
+                     "recipe (evaluate._finetune): Adam, batch 64, lr x0.1 "
+                     "at epochs 30 and 45 of 60, scaled to other values.")
+flags.DEFINE_float("finetune_lr", None, "Fine-tuning initial learning rate "
+                   "(default: the reference's, 0.1 transfer / 1e-4 e2e).")
+flags.DEFINE_float("finetune_weight_decay", None, "Fine-tuning L2 weight "
+                   "decay, PyTorch-style (default: the reference's, 0 "
+                   "transfer / 5e-4 e2e).")
 
 
 def _expand(names):
@@ -165,6 +170,7 @@ def _finetune(name, evaluate, state, save):
       pre, finetunes, test, victims=FLAGS.victims, seeds=FLAGS.retrains,
       settings=tuple(sorted(by_setting)), pretrain_epochs=FLAGS.epochs,
       finetune_epochs=FLAGS.finetune_epochs, finetune_lr=FLAGS.finetune_lr,
+      finetune_weight_decay=FLAGS.finetune_weight_decay,
       settings_of={c: (s,) for s, cs in by_setting.items() for c in cs})
   state["finetune"] = report
   save()
