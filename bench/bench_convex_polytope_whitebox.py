@@ -66,6 +66,7 @@ import numpy as np
 import optax
 
 import _timing
+from ntga_tfds import evaluate
 from ntga_tfds import plans
 from ntga_tfds.families import convex_polytope as family
 from ntga_tfds.transforms import convex_polytope as cp
@@ -91,9 +92,12 @@ flags.DEFINE_integer("pretrain_examples", 0,
                      "Train the substitutes on the first N pretrain images "
                      "(0: all).")
 flags.DEFINE_list("targets", ["0", "1", "2", "3", "4"], "Target seeds.")
-flags.DEFINE_integer("finetune_epochs", 60, "Last-layer retraining epochs.")
-flags.DEFINE_float("finetune_lr", 0.1, "Last-layer Adam lr (reference 0.1).")
-flags.DEFINE_integer("finetune_batch", 64, "Last-layer retraining batch.")
+flags.DEFINE_integer("finetune_epochs", evaluate.FINETUNE_EPOCHS,
+                     "Last-layer retraining epochs.")
+flags.DEFINE_float("finetune_lr", evaluate.FINETUNE_LR["transfer"],
+                   "Last-layer Adam lr (the reference's).")
+flags.DEFINE_integer("finetune_batch", evaluate.FINETUNE_BATCH_SIZE,
+                     "Last-layer retraining batch.")
 flags.DEFINE_string("cache", "/tmp/cp_whitebox", "Substitute cache folder.")
 flags.DEFINE_string("json", None, "Also write the rows here.")
 
@@ -125,14 +129,18 @@ def _relative_loss(pf, tf):
 
 
 def _retrain_last(w, b, feats, labels, *, key):
-  """The reference's last-layer retraining (Adam, x0.1 at 1/2, 3/4)."""
+  """The reference's last-layer retraining (Adam, x0.1 at the epochs of
+  `evaluate.finetune_decay_epochs`), in JAX on the flax substitute's own
+  last layer (`evaluate._finetune` is its Keras twin)."""
   n = feats.shape[0]
   bs = min(FLAGS.finetune_batch, n)
   per_epoch = -(-n // bs)
   e = FLAGS.finetune_epochs
-  sched = optax.piecewise_constant_schedule(
-      FLAGS.finetune_lr, {per_epoch * (e // 2): 0.1,
-                          per_epoch * (3 * e // 4): 0.1})
+  drops = {}
+  for epoch in evaluate.finetune_decay_epochs(e):
+    drops[per_epoch * epoch] = drops.get(per_epoch * epoch, 1.0) * (
+        evaluate.FINETUNE_DECAY)
+  sched = optax.piecewise_constant_schedule(FLAGS.finetune_lr, drops)
   tx = optax.adam(sched)
   params = (jnp.asarray(w), jnp.asarray(b))
   state = tx.init(params)
