@@ -170,7 +170,15 @@ class ConvexPolytope(families.Family):
       "digits": tuple(
           (f"eps25_poisons5_{s}_seed{i}_fast",
            f"{s}, target seed {i}, reduced setting")
-          for s in ("transfer", "e2e") for i in range(5)),
+          for s in ("transfer", "e2e") for i in range(5))
+      # On 8x8 images eps 25 keeps the target outside the poisons' hull
+      # even for the substitutes themselves (docs/benchmarks.md, Convex
+      # Polytope white-box); eps 128 is the budget at which the attack
+      # works offline.
+      + tuple((f"eps128_poisons5_{s}_seed{i}_fast",
+               f"{s}, target seed {i}, reduced setting, eps 128/255: the "
+               "budget 8x8 images need")
+              for s in ("transfer", "e2e") for i in range(5)),
       "cifar10": tuple(
           (f"eps25_poisons5_{s}_seed{i}_fast",
            f"{s}, target seed {i}, reduced CPU setting")
