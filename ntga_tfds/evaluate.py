@@ -715,6 +715,19 @@ def _accuracy(model, x, y) -> float:
   return float(np.mean(pred == np.asarray(y)))
 
 
+def _check_finetune_options(*, finetune_epochs, batch_size, finetune_lr,
+                            finetune_weight_decay) -> None:
+  for what, value in (("finetune_epochs", finetune_epochs),
+                      ("batch_size", batch_size)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"{what} must be an integer >= 1, got {value!r}.")
+  if finetune_lr is not None and not finetune_lr > 0:
+    raise ValueError(f"finetune_lr must be > 0, got {finetune_lr!r}.")
+  if finetune_weight_decay is not None and not finetune_weight_decay >= 0:
+    raise ValueError(f"finetune_weight_decay must be >= 0, got "
+                     f"{finetune_weight_decay!r}.")
+
+
 def evaluate_finetune_arrays(pretrain: Arrays, finetunes: Mapping[str, dict],
                              test: Arrays, *,
                              victims: Sequence[str] = ("small_cnn",),
@@ -773,6 +786,9 @@ def evaluate_finetune_arrays(pretrain: Arrays, finetunes: Mapping[str, dict],
     if setting not in ("transfer", "e2e"):
       raise ValueError(f"settings must be 'transfer' or 'e2e', got "
                        f"{setting!r}.")
+  _check_finetune_options(finetune_epochs=finetune_epochs,
+                          batch_size=batch_size, finetune_lr=finetune_lr,
+                          finetune_weight_decay=finetune_weight_decay)
   seed_values = _seed_list(seeds)
   x_test, y_test = (np.asarray(a) for a in test)
   if num_classes is None:
@@ -944,6 +960,9 @@ def evaluate(dataset: str, *, victims: Sequence[str] = ("cnn",),
              control: bool = True, data_dir: str | None = None,
              manual_dir: str | None = None, build: bool = True,
              output_dir: str | None = None, examples_per_class: int = 2,
+             finetune_epochs: int = FINETUNE_EPOCHS,
+             finetune_lr: float | None = None,
+             finetune_weight_decay: float | None = None,
              progress: bool = True) -> dict:
   """Clean vs poisoned (vs noise) evaluation of a TFDS dataset by name.
 
@@ -954,6 +973,14 @@ def evaluate(dataset: str, *, victims: Sequence[str] = ("cnn",),
     data_dir: TFDS data directory (default: TFDS's).
     manual_dir: where sources that need manual files find them.
     build: build the dataset if it is not built yet.
+    epochs: the victims' training epochs (for datasets with a `pretrain`
+      split, the pretraining's); default the victim's recipe.
+    batch_size, learning_rate: of the victims' training; for datasets with
+      a `pretrain` split, `batch_size` is the fine-tuning's and
+      `learning_rate` is refused (use `finetune_lr`).
+    finetune_epochs, finetune_lr, finetune_weight_decay: the fine-tuning of
+      datasets with a `pretrain` split (Convex Polytope); default the
+      reference's recipe (`evaluate_finetune_arrays`).
     Others: as `evaluate_arrays`.
 
   Returns:
@@ -979,12 +1006,23 @@ def evaluate(dataset: str, *, victims: Sequence[str] = ("cnn",),
       _write_json(report, output_dir)
     return report
   if _has_split(dataset, "pretrain"):
+    if learning_rate is not None:
+      raise ValueError(
+          f"{dataset!r} is evaluated by fine-tuning pretrained victims: give "
+          "the fine-tuning's learning rate as finetune_lr "
+          "(--finetune_learning_rate), not learning_rate.")
+    batch_size = batch_size or FINETUNE_BATCH_SIZE
+    _check_finetune_options(finetune_epochs=finetune_epochs,
+                            batch_size=batch_size, finetune_lr=finetune_lr,
+                            finetune_weight_decay=finetune_weight_decay)
     pre, ft, test, setting, info = load_finetune(
         dataset, data_dir=data_dir, manual_dir=manual_dir, build=build)
     report = evaluate_finetune_arrays(
         pre, {dataset: ft}, test, victims=victims, seeds=seeds,
         settings=(setting,), pretrain_epochs=epochs,
-        metadata=info, progress=progress)
+        finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
+        finetune_weight_decay=finetune_weight_decay,
+        batch_size=batch_size, metadata=info, progress=progress)
     if output_dir:
       _write_json(report, output_dir)
     return report
@@ -1047,6 +1085,18 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       "(default out/evaluate/<dataset>).", flag_values=fv)
   flags.DEFINE_integer("examples_per_class", 2, "Examples per class in "
                        "examples.png.", lower_bound=0, flag_values=fv)
+  flags.DEFINE_integer("finetune_epochs", FINETUNE_EPOCHS, "Fine-tuning "
+                       "epochs (datasets with a pretrain split: Convex "
+                       "Polytope).", lower_bound=1, flag_values=fv)
+  flags.DEFINE_float("finetune_learning_rate", None, "Fine-tuning Adam "
+                     "learning rate (default: the reference's, "
+                     f"{FINETUNE_LR['transfer']} transfer / "
+                     f"{FINETUNE_LR['e2e']} e2e).", flag_values=fv)
+  flags.DEFINE_float("finetune_weight_decay", None, "Fine-tuning L2 "
+                     "coefficient (default: the reference's, "
+                     f"{FINETUNE_WEIGHT_DECAY['transfer']} transfer / "
+                     f"{FINETUNE_WEIGHT_DECAY['e2e']} e2e).",
+                     lower_bound=0.0, flag_values=fv)
   flags.DEFINE_bool("progress", True, "Progress bars.", flag_values=fv)
 
 
@@ -1064,7 +1114,9 @@ def _from_flags(fv: flags.FlagValues) -> dict:
       poison_ratio=fv.poison_ratio, control=fv.control,
       data_dir=fv.data_dir, manual_dir=fv.manual_dir, build=fv.build,
       output_dir=output_dir, examples_per_class=fv.examples_per_class,
-      progress=fv.progress)
+      finetune_epochs=fv.finetune_epochs,
+      finetune_lr=fv.finetune_learning_rate,
+      finetune_weight_decay=fv.finetune_weight_decay, progress=fv.progress)
   formats = {"targeted": format_targeted_table,
              "finetune": format_finetune_table}
   print(formats.get(report.get("mode"), format_table)(report))

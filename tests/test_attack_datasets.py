@@ -199,7 +199,7 @@ def test_convex_polytope_dataset_and_its_transfer_evaluation(tmp_path,
                                 np.sort(pre["index"]))
   report = evaluate.evaluate(
       f"digits_convex_polytope/{cfg.name}", victims=["small_cnn"], seeds=1,
-      epochs=2, data_dir=str(tmp_path), progress=False)
+      epochs=2, finetune_epochs=10, data_dir=str(tmp_path), progress=False)
   assert report["mode"] == "finetune" and report["settings"] == ["transfer"]
   r = report["results"]["small_cnn"]
   assert r["pretrained"][0] > 0.5

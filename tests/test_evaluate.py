@@ -380,3 +380,49 @@ def test_inference_mode_wrapper_adds_pytorch_style_weight_decay():
   plain = evaluate._inference_mode(model)
   plain(x)
   assert not plain.losses
+
+
+CP_DATASET = "digits_convex_polytope/eps25_poisons5_transfer_seed0_fast"
+
+
+def test_cli_passes_the_finetuning_recipe_through(monkeypatch, tmp_path):
+  x, y = _tiny_data(40)
+  fake = ((x, y), {"train": (x[:20], y[:20]), "clean": (x[:20], y[:20]),
+                   "targets": (x[:1], y[:1], (y[:1] + 1) % 3)},
+          (x[20:], y[20:]), "transfer", {"dataset": CP_DATASET})
+  monkeypatch.setattr(evaluate, "load_finetune", lambda *a, **k: fake)
+  calls = []
+  real = evaluate._finetune  # pylint: disable=protected-access
+
+  def recording(*args, **kwargs):
+    calls.append(kwargs)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(evaluate, "_finetune", recording)
+  report = _cli(f"--dataset={CP_DATASET}", "--victims=fnn_relu",
+                "--epochs=1", "--finetune_epochs=2",
+                "--finetune_learning_rate=0.05",
+                "--finetune_weight_decay=0.001", "--batch_size=16",
+                f"--output_dir={tmp_path / 'out'}")
+  assert report["mode"] == "finetune"
+  assert len(calls) == 2  # poisoned and clean fine-tuning sets, one seed
+  for kw in calls:
+    assert (kw["epochs"], kw["learning_rate"], kw["weight_decay"],
+            kw["batch_size"], kw["setting"]) == (2, 0.05, 0.001, 16,
+                                                 "transfer")
+  # Without the flags: the reference's recipe.
+  calls.clear()
+  _cli(f"--dataset={CP_DATASET}", "--victims=fnn_relu", "--epochs=1",
+       "--finetune_epochs=1", f"--output_dir={tmp_path / 'out2'}")
+  assert [(kw["learning_rate"], kw["weight_decay"], kw["batch_size"])
+          for kw in calls] == [(None, None, evaluate.FINETUNE_BATCH_SIZE)] * 2
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--learning_rate=0.01"], r"finetune_lr \(--finetune_learning_rate\)"),
+    (["--finetune_learning_rate=0"], r"finetune_lr must be > 0"),
+])
+def test_clear_errors_for_bad_finetuning_options(args, match, tmp_path):
+  with pytest.raises(ValueError, match=match):
+    _cli(f"--dataset={CP_DATASET}", f"--data_dir={tmp_path}", *args)
+  assert not any(tmp_path.iterdir())  # failed before building anything
