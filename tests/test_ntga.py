@@ -85,6 +85,74 @@ def test_sign_finish_puts_pgd_perturbations_on_the_vertices(small):
   np.testing.assert_array_equal(after[before == 0], 0)
 
 
+def test_momentum_step_accumulates_normalised_gradients():
+  rng = np.random.default_rng(0)
+  x0 = jnp.asarray(rng.uniform(0.2, 0.8, (3, 4, 4, 1)), jnp.float32)
+  g1 = jnp.asarray(rng.normal(size=x0.shape), jnp.float32)
+  g2 = jnp.asarray(rng.normal(size=x0.shape) * 100, jnp.float32)
+  kw = dict(step_size=0.01, eps=0.05, norm="linf")
+  # From rest, one step is a PGD step (sign of the gradient) ...
+  x1, v1 = pgd.momentum_step(x0, jnp.zeros_like(x0), g1, x0, mu=1.0, **kw)
+  np.testing.assert_array_equal(x1, pgd.ascent_step(x0, g1, x0, **kw))
+  # ... the velocity holds the gradient over its mean |.| per example ...
+  scale = np.abs(np.asarray(g1)).mean(axis=(1, 2, 3), keepdims=True)
+  np.testing.assert_allclose(v1, np.asarray(g1) / scale, rtol=1e-5)
+  # ... and the next step moves along mu * v + g2 / mean|g2|: a gradient 100
+  # times larger does not outweigh the history.
+  x2, v2 = pgd.momentum_step(x1, v1, g2, x0, mu=0.5, **kw)
+  scale2 = np.abs(np.asarray(g2)).mean(axis=(1, 2, 3), keepdims=True)
+  want_v = 0.5 * np.asarray(v1) + np.asarray(g2) / scale2
+  np.testing.assert_allclose(v2, want_v, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      x2, np.clip(np.clip(np.asarray(x1) + 0.01 * np.sign(want_v),
+                          np.asarray(x0) - 0.05, np.asarray(x0) + 0.05),
+                  0, 1), atol=1e-6)
+  # mu = 0 forgets the history: the step is PGD's along g2.
+  x3, _ = pgd.momentum_step(x1, v1, g2, x0, mu=0.0, **kw)
+  np.testing.assert_array_equal(x3, pgd.ascent_step(x1, g2, x0, **kw))
+
+
+def test_momentum_attack_raises_the_loss_within_the_budget(small):
+  x, y, xv, yv = small
+  config = FAST.replace(optimizer="momentum", nb_iter=4)
+  assert config.step_size == pytest.approx(FAST.eps / 4)  # MI-FGSM's
+  kw = dict(x_val=xv, y_val=yv, key=KEY)
+  steps = []
+  out = ntga.poison_block(x[:40], y[:40], config=config,
+                          on_step=lambda i, l: steps.append(l), **kw)
+  assert len(steps) == 4 and steps[-1] > steps[0]
+  assert _levels_moved(out, x[:40]).max() <= pgd.levels(FAST.eps)
+  clean = ntga.surrogate_loss(x[:40], y[:40], x_val=xv, y_val=yv,
+                              config=FAST)
+  assert ntga.surrogate_loss(out, y[:40], x_val=xv, y_val=yv,
+                             config=FAST) > clean + 1e-3
+  # Deterministic, and not PGD: the accumulated direction differs.
+  again = ntga.poison_block(x[:40], y[:40], config=config, **kw)
+  np.testing.assert_array_equal(again, out)
+  plain = ntga.poison_block(
+      x[:40], y[:40], config=FAST.replace(nb_iter=4,
+                                          eps_iter=config.step_size), **kw)
+  assert not np.array_equal(plain, out)
+  # One momentum step from rest is one PGD step of the same size.
+  one = dict(nb_iter=1, eps_iter=FAST.eps / 2)
+  np.testing.assert_array_equal(
+      ntga.poison_block(x[:40], y[:40], config=config.replace(**one), **kw),
+      ntga.poison_block(x[:40], y[:40], config=FAST.replace(**one), **kw))
+
+
+def test_momentum_on_a_padded_partial_block(small, monkeypatch):
+  x, y, xv, yv = small
+  config = FAST.replace(optimizer="momentum", block_size=32, nb_iter=3)
+  kw = dict(x_val=xv[:100], y_val=yv[:100], key=KEY, config=config,
+            num_classes=10)
+  runs = {}
+  for pad in (False, True):
+    monkeypatch.setattr(ntga, "_PAD_PARTIAL_BLOCKS", pad)
+    runs[pad] = ntga.poison_block(x[:20], y[:20], **kw)
+  assert runs[True].shape == runs[False].shape
+  assert np.mean(runs[True] != runs[False]) < 0.01
+
+
 @pytest.mark.parametrize("changes", [dict(norm="l2", eps=0.5),
                                      dict(optimizer="as_published"),
                                      dict(rand_init=1)])
@@ -253,6 +321,9 @@ def test_cnn_surrogate_poisons(small):
     (dict(surrogate="resnet"), "surrogate"), (dict(loss="hinge"), "loss"),
     (dict(norm="l1"), "norm"), (dict(optimizer="adam"), "optimizer"),
     (dict(eps_iter=-1.0), "eps_iter"), (dict(dtype="float16"), "dtype"),
+    (dict(momentum_decay=-0.5), "momentum_decay"),
+    (dict(momentum_decay=True), "momentum_decay"),
+    (dict(momentum_decay=float("nan")), "momentum_decay"),
 ])
 def test_bad_config_raises(kwargs, name):
   with pytest.raises(ValueError, match=name):

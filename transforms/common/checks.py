@@ -19,7 +19,7 @@ import numpy as np
 # The choices attack configs validate against (here, not in `pgd` / `losses`,
 # so that configs can be made without importing JAX).
 NORMS = ("linf", "l2")
-OPTIMIZERS = ("pgd", "as_published")
+OPTIMIZERS = ("pgd", "as_published", "momentum")
 LOSSES = ("cross_entropy", "mse")
 
 

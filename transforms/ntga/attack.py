@@ -78,6 +78,8 @@ class _Programs(NamedTuple):
   weights: Callable   # (x_train, y1h) -> alpha
   apply: Callable     # (x_test, x_train, alpha) -> fx_test
   loss_and_grad: Callable  # (x, y1h, val) -> (loss, d loss / d x)
+  # (x, x_clean, y1h, val, step, eps, velocity, mu) -> (x, velocity, loss)
+  momentum_step: Callable
 
 
 def _math_key(config: NTGAConfig) -> NTGAConfig:
@@ -172,6 +174,14 @@ def _programs(key: NTGAConfig, num_classes: int,
     return x_next, value
 
   @jax.jit
+  def momentum_step(x, x_clean, y1h, val, step_size, eps, velocity, mu):
+    value, grad = loss_and_grad(x, y1h, val)
+    x_next, velocity = pgd.momentum_step(
+        x, velocity, grad, x_clean, step_size=step_size, eps=eps, mu=mu,
+        norm=key.norm)
+    return x_next, velocity, value
+
+  @jax.jit
   def loss(x, y1h, val):
     alpha = weights(x, y1h)
     per_chunk = jax.lax.map(lambda c: chunk_loss(x, alpha, *c),
@@ -183,7 +193,7 @@ def _programs(key: NTGAConfig, num_classes: int,
     return kernel(x_test, x_train) @ alpha
 
   return _Programs(step, loss, jax.jit(weights), apply,
-                   jax.jit(loss_and_grad))
+                   jax.jit(loss_and_grad), momentum_step)
 
 
 def _precision(config: NTGAConfig):
@@ -374,8 +384,12 @@ def _attack(x_in, y, val: _Validation, *, key, config: NTGAConfig,
                        size > n)
   y1h = jax.nn.one_hot(y, num_classes, dtype=config.dtype)
 
+  momentum = config.optimizer == "momentum"
   if size == n:
-    def step_fn(x, x0, step_size, eps):
+    def step_fn(x, x0, step_size, eps, *velocity_mu):
+      if momentum:
+        return programs.momentum_step(x, x0, y1h, val, step_size, eps,
+                                      *velocity_mu)
       return programs.step(x, x0, y1h, val, step_size, eps)
   else:
     # Padding: copies of real examples (finite kernel entries), with zero
@@ -386,10 +400,16 @@ def _attack(x_in, y, val: _Validation, *, key, config: NTGAConfig,
         [y1h, jnp.zeros((size - n, num_classes), y1h.dtype)])
     x0_pad = jnp.asarray(x_clean)[fill]
 
-    def step_fn(x, x0, step_size, eps):
-      x_next, value = programs.step(
-          jnp.concatenate([x, x[fill]]), jnp.concatenate([x0, x0_pad]),
-          y1h, val, step_size, eps)
+    def step_fn(x, x0, step_size, eps, *velocity_mu):
+      x_pad, x0_full = jnp.concatenate([x, x[fill]]), jnp.concatenate(
+          [x0, x0_pad])
+      if momentum:
+        velocity, mu = velocity_mu
+        x_next, velocity, value = programs.momentum_step(
+            x_pad, x0_full, y1h, val, step_size, eps,
+            jnp.concatenate([velocity, velocity[fill]]), mu)
+        return x_next[:n], velocity[:n], value
+      x_next, value = programs.step(x_pad, x0_full, y1h, val, step_size, eps)
       return x_next[:n], value
 
   with _one_blas_thread():
@@ -397,7 +417,8 @@ def _attack(x_in, y, val: _Validation, *, key, config: NTGAConfig,
                        step_size=config.step_size, nb_iter=config.nb_iter,
                        norm=config.norm, optimizer=config.optimizer,
                        rand_init=config.rand_init,
-                       sign_finish=config.sign_finish, on_step=on_step)
+                       sign_finish=config.sign_finish,
+                       momentum_decay=config.momentum_decay, on_step=on_step)
   return pgd.quantize(x_adv, x_u8, eps=config.eps, norm=config.norm)
 
 

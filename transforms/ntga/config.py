@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Optional
 
 from ntga_tfds.transforms.common import checks as _checks
@@ -27,10 +28,16 @@ class NTGAConfig:
     surrogate: "fnn" or "cnn" (see `kernels`).
     loss: validation loss to maximise, "cross_entropy" or "mse".
     norm: "linf" or "l2".
-    optimizer: "pgd" (true PGD) or "as_published" (one signed step of the
-      full eps from the clean block, what the reference code computes).
+    optimizer: "pgd" (true PGD), "as_published" (one signed step of the
+      full eps from the clean block, what the reference code computes) or
+      "momentum" (PGD along an accumulated gradient, MI-FGSM: Dong et al.,
+      CVPR 2018, whose iterates transfer to other models better than
+      PGD's; see `common.pgd`).
     nb_iter: PGD iterations.
-    eps_iter: PGD step size; default `2.5 * eps / nb_iter`.
+    eps_iter: PGD step size; default `2.5 * eps / nb_iter` ("pgd"),
+      `eps / nb_iter` ("momentum", as MI-FGSM).
+    momentum_decay: "momentum" only: the decay mu of the accumulated
+      gradient (MI-FGSM's 1.0).
     rand_init: start PGD from a random point of the eps ball.
     sign_finish: after the last PGD step, move every perturbed pixel to
       +-eps along its sign (L-inf, "pgd" only; see `common.pgd`).
@@ -52,6 +59,7 @@ class NTGAConfig:
   optimizer: str = "pgd"
   nb_iter: int = 10
   eps_iter: Optional[float] = None
+  momentum_decay: float = 1.0
   rand_init: bool = False
   sign_finish: bool = False
   block_size: int = 512
@@ -79,6 +87,11 @@ class NTGAConfig:
     if self.eps_iter is not None and not (
         isinstance(self.eps_iter, (int, float)) and self.eps_iter > 0):
       raise ValueError(f"eps_iter must be > 0, got {self.eps_iter!r}.")
+    if (isinstance(self.momentum_decay, bool)
+        or not isinstance(self.momentum_decay, (int, float))
+        or not 0 <= self.momentum_decay < math.inf):
+      raise ValueError(f"momentum_decay must be a number >= 0, got "
+                       f"{self.momentum_decay!r}.")
     if not (isinstance(self.diag_reg, (int, float)) and self.diag_reg >= 0):
       raise ValueError(f"diag_reg must be >= 0, got {self.diag_reg!r}.")
     if self.val_chunk_size is not None:
@@ -91,6 +104,8 @@ class NTGAConfig:
   def step_size(self) -> float:
     if self.eps_iter is not None:
       return float(self.eps_iter)
+    if self.optimizer == "momentum":
+      return self.eps / self.nb_iter
     return 2.5 * self.eps / self.nb_iter
 
   def replace(self, **changes) -> "NTGAConfig":
