@@ -18,13 +18,14 @@ of `NTGAConfig` / the builder config, separated by spaces:
       --manual_dir=../shared/data/mnist \
       --setting="eps76_t64" \
       --setting="eps76_t64_paper" \
-      --setting="eps76_t64_paper optimizer=as_published" \
+      --setting="eps76_t64_paper_1step" \
       --setting="eps76_t64 nb_iter=20 eps_iter=0.0235" \
       --victims=cnn,fnn_relu --seeds=3 --epochs=10 \
       --defenses=none,augment --json=bench/results/strength_mnist.json
 
-`eps76_t64_paper optimizer=as_published` is the reference algorithm (one
-signed step of the full eps, 10,000 held-out validation images). Values
+`eps76_t64_paper_1step` (= `eps76_t64_paper optimizer=as_published`) is
+the reference algorithm (one signed step of the full eps, 10,000 held-out
+validation images). Values
 parse as Python literals (`t=inf` and `rand_init=True` work). `--defenses`
 takes `none` (the recipe) and `augment` (random crop + flip while the
 victim trains, how practitioners train).

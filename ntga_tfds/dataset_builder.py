@@ -99,6 +99,9 @@ class PoisonedBuilder(tfds.core.GeneratorBasedBuilder,
               f"{named}.") from e
         if name_version and version is None:
           version = name_version
+        # Another spelling of a named config (a token that names a default,
+        # e.g. NTGA's `eps8_t64_pgd`): the named config itself.
+        cfg = self.get_builder_config(cfg.name) or cfg
         return super()._create_builder_config(cfg, version)
     elif isinstance(builder_config, configs.PoisonConfig):
       wanted = self.family().config_class

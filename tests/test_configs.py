@@ -30,6 +30,11 @@ NOISE = families.get("random_noise")
                                   protocol="paper")),
     ("eps76_t64_shared", dict(eps=76 / 255, t=64.0, surrogate="fnn",
                               protocol="shared")),
+    ("eps8_t64_paper_1step", dict(eps=8 / 255, t=64.0, surrogate="fnn",
+                                  protocol="paper",
+                                  optimizer="as_published")),
+    ("cnn_eps76_t1_mi", dict(eps=76 / 255, t=1.0, surrogate="cnn",
+                             protocol="all_train", optimizer="momentum")),
 ])
 def test_ntga_name_grammar_round_trips(name, parts):
   assert NTGA.parse_name(name) == parts
@@ -40,10 +45,34 @@ def test_ntga_name_grammar_round_trips(name, parts):
 @pytest.mark.parametrize("bad", [
     "eps8", "fnn_eps8_t64", "eps0_t64", "eps8_t", "eps8_t-1",
     "EPS8_t64", "eps8_t64_paper_x", "eps08_t64", "eps8_t64_extra",
-    "eps8_t64_paper_shared", "eps8_t64_shared_paper"])
+    "eps8_t64_paper_shared", "eps8_t64_shared_paper", "eps8_t64_1step_paper",
+    "eps8_t64_pgd_mi", "eps8_t64_adam", "eps8_t64_folds_paper"])
 def test_bad_ntga_names_are_rejected_with_the_grammar(bad):
   with pytest.raises(ValueError, match=r"\[cnn_\]eps\{k\}_t\{t\}"):
     NTGA.parse_name(bad)
+
+
+def test_schedule_and_protocol_tokens_name_the_settings_they_set():
+  # Tokens that name the defaults are dropped from the canonical name, so
+  # every spelling of one dataset finds the same directory.
+  default = NTGA.config("eps8_t64")
+  assert (default.protocol, default.attack.optimizer) == (
+      ntga_family.DEFAULT_PROTOCOL, ntga_family.DEFAULT_OPTIMIZER)
+  for protocol, p_token in ntga_family.PROTOCOL_TOKENS.items():
+    for optimizer, s_token in ntga_family.SCHEDULE_TOKENS.items():
+      cfg = NTGA.config(f"eps8_t64_{p_token}_{s_token}")
+      assert (cfg.protocol, cfg.attack.optimizer) == (protocol, optimizer)
+      # The same dataset as the config object, and no hash suffix.
+      same = NTGA.config("eps8_t64", protocol=protocol, optimizer=optimizer)
+      assert same.name == cfg.name and "_x" not in cfg.name
+      assert (p_token in cfg.name) == (
+          protocol != ntga_family.DEFAULT_PROTOCOL)
+      assert (s_token in cfg.name) == (
+          optimizer != ntga_family.DEFAULT_OPTIMIZER)
+  # The reference algorithm by name.
+  ref = NTGA.config("eps8_t64_paper_1step")
+  assert ref.attack.optimizer == "as_published" and ref.protocol == "paper"
+  assert "one full-eps signed step" in ref.description
 
 
 def test_eps_levels_must_leave_room_below_255():
@@ -187,6 +216,13 @@ def test_any_grammar_name_resolves_without_being_named(tmp_path):
   assert builder.data_dir.endswith("cnn_eps16_tinf_paper/1.0.0")
   noise = tfds.builder("cifar10_random_noise/eps4_sign", data_dir=tmp_path)
   assert noise.builder_config.attack.distribution == "sign"
+  # A spelled-out default token is the same dataset as its canonical name.
+  spelled = tfds.builder("mnist_ntga/eps76_t64_folds_pgd", data_dir=tmp_path)
+  assert spelled.builder_config.name == "eps76_t64"
+  assert spelled.data_dir.endswith("mnist_ntga/eps76_t64/1.0.0")
+  ref = tfds.builder("mnist_ntga/eps76_t64_paper_1step", data_dir=tmp_path)
+  assert ref.builder_config.attack.optimizer == "as_published"
+  assert ref.data_dir.endswith("eps76_t64_paper_1step/1.0.0")
 
 
 def test_unknown_config_name_explains_the_grammar(tmp_path):

@@ -1,4 +1,4 @@
-"""NTGA datasets: `<source>_ntga/[cnn_]eps{k}_t{t}[_paper|_shared]`.
+"""NTGA datasets: `<source>_ntga/[cnn_]eps{k}_t{t}[_paper|_shared|_folds][_pgd|_1step|_mi]`.
 
 Every training image is perturbed, block by block, each block against a
 validation set (`plans.BlockJob`) by `ntga_tfds.transforms.ntga`.
@@ -19,6 +19,16 @@ Name grammar:
            against one shared validation fold of training images (less the
            block's own images, replaced by the next in the fold's keyed
            order).
+  _folds   every training image is poisoned, each block against a fold of
+           its own (the default protocol; the token names it explicitly).
+  _pgd     the step schedule: true PGD (`optimizer="pgd"`: `nb_iter` steps
+           of `eps_iter`; the default schedule).
+  _1step   one signed step of the full eps from the clean images
+           (`optimizer="as_published"`, the reference code's).
+  _mi      momentum PGD (`optimizer="momentum"`, MI-FGSM).
+  A token that names the default is dropped from canonical names
+  (`eps8_t64_folds_pgd` is `eps8_t64`); `eps8_t64_paper_1step` is the
+  reference algorithm.
 
 Any other setting (an `NTGAConfig` field: nb_iter, loss, norm, optimizer,
 ...; or `seed`, `val_size`, ...) is given to `config`:
@@ -44,9 +54,15 @@ PROTOCOLS = ("all_train", "shared", "paper")
 # The family's protocol -> `plans.BlockPlan`'s.
 _BLOCK_PROTOCOL = {"all_train": "all_train", "shared": "shared_fold",
                    "paper": "heldout"}
+# Name tokens of the protocols and of the step schedules (`optimizer`).
+PROTOCOL_TOKENS = {"all_train": "folds", "shared": "shared",
+                   "paper": "paper"}
+SCHEDULE_TOKENS = {"pgd": "pgd", "as_published": "1step",
+                   "momentum": "mi"}
 _NAME = re.compile(
     r"^(?:(?P<cnn>cnn)_)?eps(?P<eps>[1-9][0-9]*)_t(?P<t>inf|[0-9]+(?:p[0-9]+)?)"
-    r"(?P<protocol>_paper|_shared)?$")
+    r"(?:_(?P<protocol>paper|shared|folds))?"
+    r"(?:_(?P<schedule>pgd|1step|mi))?$")
 
 
 @dataclasses.dataclass(eq=False)
@@ -80,6 +96,14 @@ class NTGABuilderConfig(configs.PoisonConfig):
 
 
 _PAPER = "the paper's released setting"
+DEFAULT_PROTOCOL = NTGABuilderConfig.protocol
+DEFAULT_OPTIMIZER = ntga_config.NTGAConfig.optimizer
+
+
+def _token_value(tokens, token, default):
+  if not token:
+    return default
+  return next(k for k, v in tokens.items() if v == token)
 
 
 class NTGA(families.Family):
@@ -172,7 +196,8 @@ order (so all blocks push towards the same validation images).
 
 ## Configs
 
-Config names follow the grammar `[cnn_]eps{k}_t{t}[_paper|_shared]`:
+Config names follow the grammar \
+`[cnn_]eps{k}_t{t}[_paper|_shared|_folds][_pgd|_1step|_mi]`:
 
 | part | meaning |
 |---|---|
@@ -181,6 +206,10 @@ Config names follow the grammar `[cnn_]eps{k}_t{t}[_paper|_shared]`:
 | `t{t}` | surrogate training time: an integer, `inf` (the converged GP), or a decimal with `p` (`t0p5`) |
 | `_paper` | the paper's protocol (above) instead of poisoning every training image |
 | `_shared` | every training image poisoned, every block against one shared validation fold (less the block's own images) instead of a fold of its own |
+| `_folds` | every training image poisoned, every block against a fold of its own (the default; dropped from canonical names) |
+| `_pgd` | step schedule: true PGD, 10 steps of 2.5 eps/10 (the default; dropped from canonical names) |
+| `_1step` | one signed step of the full eps from the clean images, what the reference code computes (`eps8_t64_paper_1step` is the reference algorithm) |
+| `_mi` | momentum PGD (MI-FGSM: 10 steps of eps/10 along a decayed sum of L1-normalised gradients) |
 
 Every grammar name works with `tfds.load`/`tfds build`, named below or not \
 (`tfds.load("$builder/eps16_t8")`). Any other setting (PGD steps, loss, \
@@ -226,18 +255,27 @@ training on the poisoned vs the clean images.
     if not m:
       raise ValueError(
           f"{name!r} is not an NTGA config name. Grammar: "
-          "[cnn_]eps{k}_t{t}[_paper|_shared], e.g. eps8_t64, cnn_eps76_t1, "
-          "eps8_tinf, eps8_t4096_paper (k: levels out of 255; t: integer, "
-          "inf or a decimal with p).")
-    return {"eps": configs.check_levels(int(m["eps"])) / 255,
-            "t": configs.parse_t(m["t"]),
-            "surrogate": "cnn" if m["cnn"] else "fnn",
-            "protocol": m["protocol"][1:] if m["protocol"] else "all_train"}
+          "[cnn_]eps{k}_t{t}[_paper|_shared|_folds][_pgd|_1step|_mi], e.g. "
+          "eps8_t64, cnn_eps76_t1, eps8_tinf, eps8_t4096_paper, "
+          "eps8_t64_paper_1step (k: levels out of 255; t: integer, inf or "
+          "a decimal with p).")
+    out = {"eps": configs.check_levels(int(m["eps"])) / 255,
+           "t": configs.parse_t(m["t"]),
+           "surrogate": "cnn" if m["cnn"] else "fnn",
+           "protocol": _token_value(PROTOCOL_TOKENS, m["protocol"],
+                                    DEFAULT_PROTOCOL)}
+    if m["schedule"]:
+      out["optimizer"] = _token_value(SCHEDULE_TOKENS, m["schedule"], None)
+    return out
 
   def format_name(self, settings) -> str:
     prefix = "cnn_" if settings["surrogate"] == "cnn" else ""
-    protocol = settings["protocol"]
-    suffix = "" if protocol == "all_train" else f"_{protocol}"
+    suffix = ""
+    if settings["protocol"] != DEFAULT_PROTOCOL:
+      suffix += "_" + PROTOCOL_TOKENS[settings["protocol"]]
+    optimizer = settings.get("optimizer", DEFAULT_OPTIMIZER)
+    if optimizer != DEFAULT_OPTIMIZER:
+      suffix += "_" + SCHEDULE_TOKENS[optimizer]
     return (f"{prefix}eps{configs.eps_levels(settings['eps'])}_t"
             f"{configs.format_t(settings['t'])}{suffix}")
 
@@ -250,7 +288,11 @@ training on the poisoned vs the clean images.
                "shared": "every training example poisoned, one shared "
                          "validation fold",
                "all_train": "every training example poisoned"}[
-                   settings["protocol"]] + ".")
+                   settings["protocol"]] + "; "
+            + {"pgd": "PGD", "as_published": "one full-eps signed step",
+               "momentum": "momentum PGD (MI-FGSM)"}[
+                   settings.get("optimizer", DEFAULT_OPTIMIZER)]
+            + ".")
 
   def job(self, cfg, train, test, spec):
     del test
