@@ -19,22 +19,21 @@ NOISE = families.get("random_noise")
 
 @pytest.mark.parametrize("name, parts", [
     ("eps8_t64", dict(eps=8 / 255, t=64.0, surrogate="fnn",
-                      protocol="all_train")),
+                      protocol="shared")),
     ("cnn_eps76_t1", dict(eps=76 / 255, t=1.0, surrogate="cnn",
-                          protocol="all_train")),
+                          protocol="shared")),
     ("eps8_tinf", dict(eps=8 / 255, t=math.inf, surrogate="fnn",
-                       protocol="all_train")),
+                       protocol="shared")),
     ("eps4_t0p5", dict(eps=4 / 255, t=0.5, surrogate="fnn",
-                       protocol="all_train")),
+                       protocol="shared")),
     ("cnn_eps8_t4096_paper", dict(eps=8 / 255, t=4096.0, surrogate="cnn",
                                   protocol="paper")),
-    ("eps76_t64_shared", dict(eps=76 / 255, t=64.0, surrogate="fnn",
-                              protocol="shared")),
-    ("eps8_t64_paper_1step", dict(eps=8 / 255, t=64.0, surrogate="fnn",
-                                  protocol="paper",
-                                  optimizer="as_published")),
+    ("eps76_t64_folds", dict(eps=76 / 255, t=64.0, surrogate="fnn",
+                             protocol="all_train")),
+    ("eps8_t64_folds_pgd", dict(eps=8 / 255, t=64.0, surrogate="fnn",
+                                protocol="all_train", optimizer="pgd")),
     ("cnn_eps76_t1_mi", dict(eps=76 / 255, t=1.0, surrogate="cnn",
-                             protocol="all_train", optimizer="momentum")),
+                             protocol="shared", optimizer="momentum")),
 ])
 def test_ntga_name_grammar_round_trips(name, parts):
   assert NTGA.parse_name(name) == parts
@@ -73,6 +72,31 @@ def test_schedule_and_protocol_tokens_name_the_settings_they_set():
   ref = NTGA.config("eps8_t64_paper_1step")
   assert ref.attack.optimizer == "as_published" and ref.protocol == "paper"
   assert "one full-eps signed step" in ref.description
+
+
+def test_named_configs_and_config_objects_default_to_the_measured_setting():
+  """Issue 22: one full-eps signed step against one shared validation fold
+  measured strongest against the paper's victims (docs/benchmarks.md); the
+  defaults of every named config without tokens, of config objects and of
+  the transform are that setting, and 1.0.0's default stays reachable."""
+  assert ntga.NTGAConfig().optimizer == "as_published"
+  assert ntga_family.NTGABuilderConfig(
+      name="x", attack=ntga.NTGAConfig()).protocol == "shared"
+  for source in ("mnist", "cifar10", "digits", "fashion_mnist",
+                 "imagenet_bulbul_jellyfish"):
+    for cfg in NTGA.named_configs(source):
+      assert (cfg.protocol, cfg.attack.optimizer) == ("shared",
+                                                      "as_published")
+      assert "one full-eps signed step" in cfg.description
+  first = {s: NTGA.named_configs(s)[0].name for s in ("mnist", "cifar10")}
+  assert first == {"mnist": "eps76_t64", "cifar10": "eps8_t64"}
+  assert NTGA.config("eps8_t64", nb_iter=20).attack.optimizer == (
+      "as_published")
+  before = NTGA.config("eps8_t64_folds_pgd")
+  assert (before.protocol, before.attack.optimizer,
+          before.attack.nb_iter) == ("all_train", "pgd", 10)
+  assert tfds.builder_cls("cifar10_ntga").VERSION == "1.1.0"
+  assert "1.1.0" in tfds.builder_cls("cifar10_ntga").RELEASE_NOTES
 
 
 def test_eps_levels_must_leave_room_below_255():
@@ -213,16 +237,17 @@ def test_any_grammar_name_resolves_without_being_named(tmp_path):
   assert cfg.protocol == "paper"
   assert cfg.attack.surrogate == "cnn"
   assert math.isinf(cfg.attack.t)
-  assert builder.data_dir.endswith("cnn_eps16_tinf_paper/1.0.0")
+  assert builder.data_dir.endswith("cnn_eps16_tinf_paper/1.1.0")
   noise = tfds.builder("cifar10_random_noise/eps4_sign", data_dir=tmp_path)
   assert noise.builder_config.attack.distribution == "sign"
   # A spelled-out default token is the same dataset as its canonical name.
-  spelled = tfds.builder("mnist_ntga/eps76_t64_folds_pgd", data_dir=tmp_path)
+  spelled = tfds.builder("mnist_ntga/eps76_t64_shared_1step",
+                         data_dir=tmp_path)
   assert spelled.builder_config.name == "eps76_t64"
-  assert spelled.data_dir.endswith("mnist_ntga/eps76_t64/1.0.0")
-  ref = tfds.builder("mnist_ntga/eps76_t64_paper_1step", data_dir=tmp_path)
-  assert ref.builder_config.attack.optimizer == "as_published"
-  assert ref.data_dir.endswith("eps76_t64_paper_1step/1.0.0")
+  assert spelled.data_dir.endswith("mnist_ntga/eps76_t64/1.1.0")
+  old = tfds.builder("mnist_ntga/eps76_t64_folds_pgd", data_dir=tmp_path)
+  assert old.builder_config.attack.optimizer == "pgd"
+  assert old.data_dir.endswith("eps76_t64_folds_pgd/1.1.0")
 
 
 def test_unknown_config_name_explains_the_grammar(tmp_path):

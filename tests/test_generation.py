@@ -36,7 +36,7 @@ def digits_test():
 
 def _small_ntga(**kw):
   return ntga.NTGAConfig(**{"eps": 8 / 255, "t": 64.0, "block_size": 32,
-                            "nb_iter": 3, **kw})
+                            "optimizer": "pgd", "nb_iter": 3, **kw})
 
 
 def _ntga_job(x, y, config, *, seed=0, protocol="all_train", val_size=None):

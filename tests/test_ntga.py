@@ -16,7 +16,8 @@ from ntga_tfds.transforms.common import pgd
 from ntga_tfds.transforms.ntga import gp as predict
 
 KEY = jax.random.PRNGKey(0)
-FAST = ntga.NTGAConfig(eps=16 / 255, t=64.0, nb_iter=4, block_size=48)
+FAST = ntga.NTGAConfig(eps=16 / 255, t=64.0, optimizer="pgd", nb_iter=4,
+                       block_size=48)
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +174,8 @@ def test_linf_budget_after_quantisation(seed, eps):
     x = rng.choice([0, 1, 128, 254, 255], size=shape).astype(np.uint8)
   xv = rng.uniform(size=(30, 4, 4, 1)).astype(np.float32)
   y, yv = rng.integers(0, 3, 20), rng.integers(0, 3, 30)
-  config = ntga.NTGAConfig(eps=eps, t=16.0, nb_iter=3, rand_init=True,
-                           block_size=16)
+  config = ntga.NTGAConfig(eps=eps, t=16.0, optimizer="pgd", nb_iter=3,
+                           rand_init=True, block_size=16)
   out = ntga.poison(x, y, x_val=xv, y_val=yv, key=jax.random.PRNGKey(seed),
                     config=config, num_classes=3)
   assert out.dtype == np.uint8 and out.shape == shape
@@ -361,7 +362,8 @@ def test_digits_surrogate_accuracy_falls(digits):
   """On real digits, the surrogate trained on poison does worse on test."""
   x, y = digits
   x_tr, y_tr, x_te, y_te = x[:1000], y[:1000], x[1400:], y[1400:]
-  config = ntga.NTGAConfig(eps=32 / 255, t=64.0, nb_iter=5, block_size=500)
+  config = ntga.NTGAConfig(eps=32 / 255, t=64.0, optimizer="pgd", nb_iter=5,
+                           block_size=500)
   x_p = ntga.poison(x_tr[:500], y_tr[:500], x_val=x_tr[500:],
                     y_val=y_tr[500:], key=KEY, config=config)
   clean = ntga.accuracy(x_tr[:500], y_tr[:500], x_te, y_te, config=config)
@@ -441,7 +443,8 @@ def test_the_pure_jax_path_alone_runs_the_attack():
       x = np.rint(d.images / 16 * 255).astype(np.uint8)[..., None]
       y = d.target
       for surrogate in ("fnn", "cnn"):
-        cfg = ntga.NTGAConfig(eps=16 / 255, nb_iter=3, surrogate=surrogate)
+        cfg = ntga.NTGAConfig(eps=16 / 255, optimizer="pgd", nb_iter=3,
+                              surrogate=surrogate)
         losses = []
         kw = dict(x_val=x[500:620], y_val=y[500:620],
                   key=jax.random.PRNGKey(0), config=cfg)

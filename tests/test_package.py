@@ -57,6 +57,7 @@ for surrogate in ("fnn", "cnn"):
   out = ntga.poison_block(x, y, x_val=x[:8], y_val=y[:8],
                           key=jax.random.PRNGKey(0),
                           config=ntga.NTGAConfig(eps=8 / 255, nb_iter=2,
+                                                 optimizer="pgd",
                                                  surrogate=surrogate))
   assert out.dtype == np.uint8 and out.shape == x.shape
   assert np.abs(out.astype(int) - x).max() <= 8

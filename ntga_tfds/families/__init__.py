@@ -61,6 +61,9 @@ class Family:
       $num_classes.
     attack_line, effect, train_split_doc, unit_doc, citation_line: phrases
       the card's shared parts use.
+    version, release_notes: the builders' TFDS version (bump it when what a
+      config name builds changes, so old builds are not read as new) and
+      its notes, version -> text.
   """
 
   name: ClassVar[str] = ""
@@ -78,6 +81,8 @@ class Family:
   train_split_doc: ClassVar[str] = "the training set with the attack applied"
   unit_doc: ClassVar[str] = "units of work"
   citation_line: ClassVar[str] = "the attack's paper"
+  version: ClassVar[str] = "1.0.0"
+  release_notes: ClassVar[Mapping[str, str]] = {"1.0.0": "Initial release."}
 
   # -- to implement ---------------------------------------------------------
 
@@ -329,6 +334,8 @@ def builder(source: str, family: str) -> type:
   cls_name = "".join(p.title() for p in f"{source}_{family}".split("_"))
   return type(cls_name + "Base", (dataset_builder.PoisonedBuilder,), {
       "SOURCE": source, "FAMILY": family,
+      "VERSION": dataset_builder.tfds.core.Version(fam.version),
+      "RELEASE_NOTES": dict(fam.release_notes),
       "BUILDER_CONFIGS": fam.named_configs(source),
       "__module__": __name__,
       "__doc__": f"{source}, training set poisoned by {fam.title}.",

@@ -28,11 +28,13 @@ class NTGAConfig:
     surrogate: "fnn" or "cnn" (see `kernels`).
     loss: validation loss to maximise, "cross_entropy" or "mse".
     norm: "linf" or "l2".
-    optimizer: "pgd" (true PGD), "as_published" (one signed step of the
-      full eps from the clean block, what the reference code computes) or
-      "momentum" (PGD along an accumulated gradient, MI-FGSM: Dong et al.,
-      CVPR 2018, whose iterates transfer to other models better than
-      PGD's; see `common.pgd`).
+    optimizer: "as_published" (default: one signed step of the full eps
+      from the clean block, what the reference code computes; measured the
+      strongest against the paper's CNN victim, docs/benchmarks.md), "pgd"
+      (true PGD: stronger against MLP victims) or "momentum" (PGD along an
+      accumulated gradient, MI-FGSM: Dong et al., CVPR 2018; see
+      `common.pgd`). `nb_iter`, `eps_iter`, `rand_init`, `sign_finish`
+      and `momentum_decay` apply to the iterative ones.
     nb_iter: PGD iterations.
     eps_iter: PGD step size; default `2.5 * eps / nb_iter` ("pgd"),
       `eps / nb_iter` ("momentum", as MI-FGSM).
@@ -56,7 +58,7 @@ class NTGAConfig:
   surrogate: str = "fnn"
   loss: str = "cross_entropy"
   norm: str = "linf"
-  optimizer: str = "pgd"
+  optimizer: str = "as_published"
   nb_iter: int = 10
   eps_iter: Optional[float] = None
   momentum_decay: float = 1.0
