@@ -4,9 +4,12 @@ Clean-label, black-box, L-inf (or L2) bounded data poisoning. The attacker's
 surrogate is the NTK Gaussian process of an infinitely wide network
 (`kernels`); its mean prediction on a validation set after training time `t`
 on the (poisoned) training block has a closed form (`predict`), so the
-attacker runs projected gradient ascent (`pgd`) on the training inputs to
-maximise the validation loss. Large training sets are attacked block by block
-(B-NTGA): each block of `block_size` examples against the validation set.
+attacker runs gradient ascent (`pgd`) on the training inputs to maximise the
+validation loss: by default one signed step of the full eps, as the
+reference code (measured to transfer best to the paper's CNN victim);
+`optimizer="pgd"` or `"momentum"` iterate. Large training sets are attacked
+block by block (B-NTGA): each block of `block_size` examples against the
+validation set.
 
 Per PGD step and block, `k_train_train` and its decomposition are computed
 once, the validation set is streamed through in chunks of `val_chunk_size`
