@@ -18,17 +18,17 @@ of `NTGAConfig` / the builder config, separated by spaces:
       --manual_dir=../shared/data/mnist \
       --setting="eps76_t64" \
       --setting="eps76_t64_paper" \
-      --setting="eps76_t64_paper_1step" \
-      --setting="eps76_t64 nb_iter=20 eps_iter=0.0235" \
+      --setting="eps76_t64_folds_pgd" \
+      --setting="eps76_t64_pgd nb_iter=20 eps_iter=0.0235" \
       --victims=cnn,fnn_relu --seeds=3 --epochs=10 \
       --defenses=none,augment --json=bench/results/strength_mnist.json
 
-`eps76_t64_paper_1step` (= `eps76_t64_paper optimizer=as_published`) is
-the reference algorithm (one signed step of the full eps, 10,000 held-out
-validation images). Values
-parse as Python literals (`t=inf` and `rand_init=True` work). `--defenses`
-takes `none` (the recipe) and `augment` (random crop + flip while the
-victim trains, how practitioners train).
+`eps76_t64_paper` (one signed step of the full eps, the default schedule,
+against 10,000 held-out validation images) is the reference algorithm;
+`eps76_t64_folds_pgd` the package's default before the builders' 1.1.0.
+Values parse as Python literals (`t=inf` and `rand_init=True` work).
+`--defenses` takes `none` (the recipe) and `augment` (random crop + flip
+while the victim trains, how practitioners train).
 
 The table (markdown) is printed at the end and written next to the JSON.
 """

@@ -63,4 +63,10 @@ def test_every_recorded_config_still_exists_by_its_name():
     source, fam = families.split_builder_name(builder)
     names = [c.name for c in fam.named_configs(source)]
     subset = [fam.config(n, **testing.SUBSET).name for n in names]
-    assert config in names + subset, key
+    if config in names + subset:
+      continue
+    # NTGA's 1.0.0 defaults are recorded under their `_folds_pgd` names:
+    # canonical grammar names (of the digits subset, for digits).
+    base = config.rsplit("_x", 1)[0]
+    assert fam.config(base).name == base, key
+    assert config in (base, fam.config(base, **testing.SUBSET).name), key

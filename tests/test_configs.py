@@ -99,6 +99,24 @@ def test_named_configs_and_config_objects_default_to_the_measured_setting():
   assert "1.1.0" in tfds.builder_cls("cifar10_ntga").RELEASE_NOTES
 
 
+@pytest.mark.parametrize("dataset", ["digits_ntga/eps76_t64_folds_pgd",
+                                     "mnist_ntga/cnn_eps76_t1_folds_pgd"])
+def test_the_old_default_builds_its_recorded_bytes_by_name(dataset, tmp_path):
+  """1.0.0's defaults, now `_folds_pgd`, build the bytes recorded before."""
+  from ntga_tfds import testing  # pylint: disable=g-import-not-at-top
+  builder_name, name = dataset.split("/")
+  source = builder_name[:-len("_ntga")]
+  subset = source not in testing.DUMMY_SIZES
+  cfg = NTGA.config(name, **(testing.SUBSET if subset else {}))
+  builder = tfds.builder(builder_name, config=cfg, data_dir=tmp_path)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=None if subset else str(testing.dummy_data_dir(source))))
+  want = testing.golden(f"{builder_name}/{cfg.name}")
+  assert want is not None, cfg.name
+  assert {s: list(testing.split_sha256(builder, s))
+          for s in builder.info.splits} == want
+
+
 def test_eps_levels_must_leave_room_below_255():
   with pytest.raises(ValueError, match="1..254"):
     NTGA.parse_name("eps255_t64")

@@ -334,9 +334,12 @@ def test_transforms_source_hash_changes_with_a_native_file(tmp_path,
 
 # ------------------------------------- a killed build resumes (tfds build)
 
+_VERSION = str(tfds.builder_cls("digits_ntga").VERSION)
+
+
 def _resume_config():
   return families.get("ntga").config(
-      "eps16_t64", name="resume_test", nb_iter=3, block_size=96,
+      "eps16_t64_folds_pgd", name="resume_test", nb_iter=3, block_size=96,
       max_train_examples=480, max_test_examples=50)
 
 
@@ -346,7 +349,7 @@ _BUILD_SCRIPT = textwrap.dedent("""
     import tensorflow_datasets as tfds
     from ntga_tfds import families
     cfg = families.get("ntga").config(
-        "eps16_t64", name="resume_test", nb_iter=3, block_size=96,
+        "eps16_t64_folds_pgd", name="resume_test", nb_iter=3, block_size=96,
         max_train_examples=480, max_test_examples=50)
     builder = tfds.builder("digits_ntga", config=cfg, data_dir=sys.argv[1])
     builder.download_and_prepare()
@@ -371,7 +374,7 @@ def _stored_examples(data_dir):
   PNG-encoded image, the label, the index) and the record order are.
   """
   import tensorflow as tf
-  d = pathlib.Path(data_dir) / "digits_ntga" / "resume_test" / "1.0.0"
+  d = pathlib.Path(data_dir) / "digits_ntga" / "resume_test" / _VERSION
   files = sorted(d.glob("*.tfrecord*"))
   assert files, f"no tfrecords in {d}"
   out = {}
@@ -395,7 +398,7 @@ def _arrays(data_dir, cfg):
 def test_killed_build_resumes_to_identical_bytes(tmp_path):
   killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
   ckpt = (killed_dir / "downloads" / "ntga_tfds_checkpoints" / "digits_ntga"
-          / "resume_test" / "1.0.0")
+          / "resume_test" / _VERSION)
   proc = _build(killed_dir)
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:

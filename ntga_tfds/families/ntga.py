@@ -25,9 +25,9 @@ Name grammar:
   _pgd     true PGD (`optimizer="pgd"`: `nb_iter` steps of `eps_iter`).
   _mi      momentum PGD (`optimizer="momentum"`, MI-FGSM).
   A token that names the default is dropped from canonical names
-  (`eps8_t64_shared_1step` is `eps8_t64`); `eps8_t64_paper_1step` is the
-  reference algorithm, `eps8_t64_folds_pgd` this package's default before
-  1.1.0. The defaults are the strongest schedule and protocol measured
+  (`eps8_t64_shared_1step` is `eps8_t64`); `eps8_t64_paper` (=
+  `eps8_t64_paper_1step`) is the reference algorithm, `eps8_t64_folds_pgd`
+  this package's default before 1.1.0. The defaults are the strongest schedule and protocol measured
   against the paper's victims (docs/benchmarks.md, issue 22).
 
 Any other setting (an `NTGAConfig` field: nb_iter, loss, norm, optimizer,
@@ -129,7 +129,7 @@ _SCHEDULE_DOC = {
                      "images, as the reference code computes",
                      "one signed step of the full eps from the clean "
                      "images, what the reference code computes "
-                     "(`eps8_t64_paper_1step` is the reference algorithm)"),
+                     "(with `_paper`: the reference algorithm)"),
     "pgd": ("10 PGD steps of size 2.5 eps/10",
             "true PGD, 10 steps of 2.5 eps/10"),
     "momentum": ("10 momentum PGD (MI-FGSM) steps of size eps/10",
@@ -220,7 +220,7 @@ an infinitely wide network (FNN or CNN) as the victim: its mean prediction \
 on a validation set after training time `t` on the poisoned images has a \
 closed form, so gradient ascent on the training images maximises the \
 validation loss (cross-entropy) inside the L-inf ball of radius eps around \
-each clean image ($default_schedule by default), and the result is \
+each clean image (by default $default_schedule), and the result is \
 quantised to uint8 within eps levels of the clean pixels. Large training \
 sets are attacked in blocks of 512 images (B-NTGA).
 
