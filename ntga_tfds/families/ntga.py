@@ -27,8 +27,9 @@ Name grammar:
   A token that names the default is dropped from canonical names
   (`eps8_t64_shared_1step` is `eps8_t64`); `eps8_t64_paper` (=
   `eps8_t64_paper_1step`) is the reference algorithm, `eps8_t64_folds_pgd`
-  this package's default before 1.1.0. The defaults are the strongest schedule and protocol measured
-  against the paper's victims (docs/benchmarks.md, issue 22).
+  this package's default before 1.1.0. The defaults are the strongest
+  schedule and protocol measured against the paper's victims
+  (docs/benchmarks.md, issue 22).
 
 Any other setting (an `NTGAConfig` field: nb_iter, loss, norm, optimizer,
 ...; or `seed`, `val_size`, ...) is given to `config`:
